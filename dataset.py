@@ -1,0 +1,132 @@
+"""Modular-arithmetic data: every pair (a, b) in Z_p x Z_p with label op(a, b) mod p.
+
+Run `python dataset.py --p 113 --op add` for a summary of the table and its split.
+
+The split comes from its own seeded generator (`data_seed`), so the model's init seed never
+changes which pairs are in the training set.
+"""
+import argparse
+import sys
+from dataclasses import dataclass
+
+import torch
+
+OPS = ("add", "sub", "mul", "div")
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    return all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def check_args(p: int, op: str, train_frac: float) -> None:
+    """Raise ValueError with one readable sentence for any setting we cannot build."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}: choose one of {', '.join(OPS)}")
+    if p < 2:
+        raise ValueError(f"p must be at least 2, got {p}")
+    if op == "div" and not is_prime(p):
+        raise ValueError(f"op 'div' needs a prime p (every b != 0 must be invertible), got {p}")
+    if not 0 < train_frac < 1:
+        raise ValueError(f"train fraction must lie strictly between 0 and 1, got {train_frac}")
+
+
+def make_table(p: int, op: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All pairs (a, b) and their labels, as int64 tensors of shape (n,).
+
+    n = p*p, except for 'div' where b = 0 is left out (n = p*(p-1)).
+    """
+    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
+    if op == "div":
+        keep = b != 0
+        a, b = a[keep], b[keep]
+        b_inv = torch.tensor([pow(int(x), p - 2, p) for x in b])  # Fermat: b^(p-2) = b^-1 mod p
+        y = (a * b_inv) % p
+    elif op == "add":
+        y = (a + b) % p
+    elif op == "sub":
+        y = (a - b) % p
+    elif op == "mul":
+        y = (a * b) % p
+    else:
+        raise ValueError(f"unknown op {op!r}: choose one of {', '.join(OPS)}")
+    return a, b, y
+
+
+def split_indices(n: int, train_frac: float, data_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random split of range(n): round(train_frac * n) training indices, the rest for test."""
+    gen = torch.Generator().manual_seed(data_seed)
+    perm = torch.randperm(n, generator=gen)
+    n_train = min(max(round(train_frac * n), 1), n - 1)
+    return perm[:n_train].sort().values, perm[n_train:].sort().values
+
+
+@dataclass
+class ModularData:
+    """The whole table plus one split. Index a, b, y with train_idx or test_idx."""
+
+    p: int
+    op: str
+    a: torch.Tensor  # (n,) first operand
+    b: torch.Tensor  # (n,) second operand
+    y: torch.Tensor  # (n,) label op(a, b) mod p
+    train_idx: torch.Tensor  # (n_train,) sorted indices into a, b, y
+    test_idx: torch.Tensor  # (n_test,)
+
+    def subset(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a, b, y) of 'train', 'test' or 'all', ready for a full-batch forward pass."""
+        if split == "all":
+            return self.a, self.b, self.y
+        idx = {"train": self.train_idx, "test": self.test_idx}[split]
+        return self.a[idx], self.b[idx], self.y[idx]
+
+    def train_batches(self, batch_size: int, generator: torch.Generator):
+        """Yield shuffled minibatches (a, b, y) of the training split; one pass = one epoch."""
+        idx = self.train_idx[torch.randperm(len(self.train_idx), generator=generator)]
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            yield self.a[chunk], self.b[chunk], self.y[chunk]
+
+    def to(self, device) -> "ModularData":
+        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in vars(self).items()}
+        return ModularData(**moved)
+
+
+def make_data(p: int = 113, op: str = "add", train_frac: float = 0.3, data_seed: int = 598) -> ModularData:
+    """Build the table for op mod p and split it; raises ValueError on bad settings."""
+    check_args(p, op, train_frac)
+    a, b, y = make_table(p, op)
+    train_idx, test_idx = split_indices(len(y), train_frac, data_seed)
+    return ModularData(p, op, a, b, y, train_idx, test_idx)
+
+
+SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Summarise the modular-arithmetic data set.")
+    parser.add_argument("--p", type=int, default=113, help="modulus (a prime for op div)")
+    parser.add_argument("--op", default="add", help=f"operation: {', '.join(OPS)}")
+    parser.add_argument("--train-frac", type=float, default=0.3, help="share of pairs used for training, in (0, 1)")
+    parser.add_argument("--data-seed", type=int, default=598, help="seed of the train/test split")
+    args = parser.parse_args(argv)
+    try:
+        data = make_data(args.p, args.op, args.train_frac, args.data_seed)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    n = len(data.y)
+    print(f"p = {data.p}, op = {data.op}: {n} pairs, {len(data.train_idx)} train / {len(data.test_idx)} test "
+          f"(train fraction {args.train_frac}, data seed {args.data_seed})")
+    for i in data.train_idx[:5].tolist():
+        print(f"  train example: {data.a[i]} {SYMBOLS[data.op]} {data.b[i]} = {data.y[i]} (mod {data.p})")
+    counts = torch.bincount(data.y, minlength=data.p)
+    print(f"every label 0..{data.p - 1} occurs: {bool((counts > 0).all())} (min {counts.min()}, max {counts.max()} times)")
+    train_counts = torch.bincount(data.y[data.train_idx], minlength=data.p)
+    print(f"labels seen in training: {int((train_counts > 0).sum())} of {data.p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""ToyMLP for modular arithmetic, with its internals exposed by name.
+
+    embed_a = W_E[a], embed_b = W_E[b]                       # (batch, d_embed) each, shared table
+    hidden_pre = [embed_a, embed_b] @ W_in + b_in             # (batch, d_hidden)
+    hidden_post = act(hidden_pre)                             # the "neurons"
+    logits = hidden_post @ W_U + b_U                          # (batch, p)
+
+Interface (meant to be shared with a future 1-layer transformer):
+    model(a, b) -> logits
+    model.run_with_cache(a, b) -> (logits, cache)   cache: the names in HOOK_NAMES
+    model.run_with_hooks(a, b, hooks={name: fn})    fn(tensor) -> tensor replaces an activation
+    ablate_neurons(...), patch(...)                  ready-made hook functions
+Hooks are plain arguments: nothing is ever attached to the model, so nothing can be left behind.
+"""
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HOOK_NAMES = ("embed_a", "embed_b", "hidden_pre", "hidden_post", "logits")
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "quadratic": torch.square,  # Gromov (2023): the activation with a known analytic solution
+}
+Hooks = dict[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
+class ToyMLP(nn.Module):
+    def __init__(self, p: int, d_embed: int = 128, d_hidden: int = 256, activation: str = "relu"):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+        self.p, self.d_embed, self.d_hidden, self.activation = p, d_embed, d_hidden, activation
+        self.act = ACTIVATIONS[activation]
+        # The same initialisation as nn.Embedding (N(0, 1)) and nn.Linear (U(+-1/sqrt(fan_in))).
+        self.W_E = nn.Parameter(torch.randn(p, d_embed))  # (p, d_embed)
+        self.W_in = nn.Parameter(_uniform(2 * d_embed, (2 * d_embed, d_hidden)))  # rows: [a part; b part]
+        self.b_in = nn.Parameter(_uniform(2 * d_embed, (d_hidden,)))
+        self.W_U = nn.Parameter(_uniform(d_hidden, (d_hidden, p)))  # (d_hidden, p)
+        self.b_U = nn.Parameter(_uniform(d_hidden, (p,)))
+
+    def config(self) -> dict:
+        return {"arch": "mlp", "p": self.p, "d_embed": self.d_embed, "d_hidden": self.d_hidden,
+                "activation": self.activation}
+
+    def num_params(self) -> int:
+        return sum(t.numel() for t in self.parameters())
+
+    def token_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each operand's contribution to hidden_pre, per token: (p, d_hidden) for a and for b.
+
+        The input is a pair of one-hot tokens, so [W_E[a], W_E[b]] @ W_in equals
+        table_a[a] + table_b[b]: two small matmuls and a gather instead of a (batch x 2d) matmul.
+        """
+        d = self.d_embed
+        return self.W_E @ self.W_in[:d], self.W_E @ self.W_in[d:]
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        table_a, table_b = self.token_tables()
+        # F.embedding is the gather whose backward is fast on CPU (plain indexing's is ~4x slower).
+        hidden_post = self.act(F.embedding(a, table_a) + F.embedding(b, table_b) + self.b_in)  # (batch, d_hidden)
+        return hidden_post @ self.W_U + self.b_U  # (batch, p)
+
+    def run_with_hooks(self, a, b, hooks: Hooks | None = None, cache: dict | None = None) -> torch.Tensor:
+        """The forward pass spelled out; hooks[name](x) replaces activation `name` by its result,
+        and cache (if given) receives every activation after its hook."""
+        hooks = hooks or {}
+
+        def point(name, x):
+            x = hooks[name](x) if name in hooks else x
+            if cache is not None:
+                cache[name] = x
+            return x
+
+        embed_a = point("embed_a", self.W_E[a])  # (batch, d_embed)
+        embed_b = point("embed_b", self.W_E[b])
+        hidden_pre = point("hidden_pre", torch.cat([embed_a, embed_b], dim=-1) @ self.W_in + self.b_in)
+        hidden_post = point("hidden_post", self.act(hidden_pre))  # (batch, d_hidden)
+        return point("logits", hidden_post @ self.W_U + self.b_U)  # (batch, p)
+
+    def run_with_cache(self, a, b, hooks: Hooks | None = None) -> tuple[torch.Tensor, dict]:
+        cache: dict[str, torch.Tensor] = {}
+        logits = self.run_with_hooks(a, b, hooks, cache)
+        return logits, cache
+
+
+def _uniform(fan_in: int, shape) -> torch.Tensor:
+    bound = 1 / math.sqrt(fan_in)
+    return torch.empty(shape).uniform_(-bound, bound)
+
+
+def ablate_neurons(neurons, mode: str = "zero", mean: torch.Tensor | None = None):
+    """A hook for 'hidden_post' that sets the chosen neurons to 0 ('zero') or to `mean`
+    ('mean': a (d_hidden,) vector, usually each neuron's mean activation over all inputs)."""
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"unknown ablation mode {mode!r}: choose 'zero' or 'mean'")
+    if mode == "mean" and mean is None:
+        raise ValueError("mean ablation needs the neurons' mean activations")
+    idx = torch.as_tensor(neurons, dtype=torch.long)
+
+    def hook(x):
+        x = x.clone()
+        x[..., idx] = 0.0 if mode == "zero" else mean.to(x)[idx]
+        return x
+
+    return hook
+
+
+def patch(value: torch.Tensor):
+    """A hook that replaces an activation by `value` (for example one cached on other inputs)."""
+    return lambda x: value.to(x).expand_as(x)
+
+
+MODELS = {"mlp": ToyMLP}
+
+
+def build_model(config: dict) -> nn.Module:
+    """Rebuild a model from the plain config dict stored in every checkpoint."""
+    kwargs = dict(config)
+    arch = kwargs.pop("arch", "mlp")
+    if arch not in MODELS:
+        raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[arch](**kwargs)
