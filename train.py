@@ -49,7 +49,7 @@ class Config:
     beta2: float = _f(0.98, "AdamW beta2, in [0, 1)", "optimisation")
     batch_size: int = _f(0, "minibatch size; 0 = full batch (one step per epoch, the usual grokking regime)", "optimisation")
     epochs: int = _f(10000, "maximum number of epochs", "optimisation")
-    stop_after_grok: float = _f(4.0, "stop at this multiple of the grokking epoch, so the clean-up phase "
+    stop_after_grok: float = _f(3.0, "stop at this multiple of the grokking epoch, so the clean-up phase "
                                      "is seen; 0 = always run all --epochs", "optimisation")
     seed: int = _f(0, "seed of the model's initialisation and batch order", "optimisation")
     # bookkeeping
@@ -174,7 +174,8 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(cfg.beta1, cfg.beta2))
     batch_gen = torch.Generator().manual_seed(cfg.seed)  # batch order only (minibatch mode)
-    history = {k: [] for k in ("epoch", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm")}
+    history = {k: [] for k in ("epoch", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm",
+                               "seconds")}  # seconds: wall time since the run began (all sessions)
     start_epoch, step_seconds = 0, 0.0
     ckpt_dir = Path(cfg.checkpoint_dir)
     if resume is not None:
@@ -205,7 +206,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
 
     if start_epoch == 0:
         save(ckpt_dir / "snapshots" / "epoch_00000.pth", 0)
-    wall_start = time.perf_counter()
+    wall_start = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0)
     epoch, stopped = start_epoch, "epochs"
     bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="training", unit="epoch",
                disable=not progress, dynamic_ncols=True)
@@ -217,11 +218,12 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
             epoch += 1
             bar.update(1)
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                metrics = evaluate(model, data)
+                metrics = evaluate(model, data) | {"seconds": time.perf_counter() - wall_start}
                 history["epoch"].append(epoch)
                 for key, value in metrics.items():
                     history[key].append(value)
-                bar.write(format_log_line(epoch, metrics))
+                if progress:
+                    bar.write(format_log_line(epoch, metrics))
                 bar.set_postfix(train=f"{metrics['train_acc']:.0%}", test=f"{metrics['test_acc']:.0%}")
             if epoch in snapshots:
                 save(ckpt_dir / "snapshots" / f"epoch_{epoch:05d}.pth", epoch)
@@ -241,7 +243,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
         return {"stopped": stopped, "epoch": epoch}
     if history["epoch"][-1:] != [epoch]:  # stopped between evaluations
         history["epoch"].append(epoch)
-        for key, value in evaluate(model, data).items():
+        for key, value in (evaluate(model, data) | {"seconds": wall_seconds}).items():
             history[key].append(value)
     save(ckpt_dir / "model_final.pth", epoch)
     return summarize(cfg, history, epoch, stopped, wall_seconds, step_seconds / (epoch * steps_per_epoch))
@@ -258,10 +260,12 @@ def summarize(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds
         "config": asdict(cfg), "seed": cfg.seed, "data_seed": cfg.data_seed, **provenance(),
         "memorization_epoch": memorization, "grokking_epoch": grokking,
         "grokking_delay": grokking / memorization if grokking and memorization else None,
+        "seconds_to_grok": history["seconds"][history["epoch"].index(grokking)] if grokking else None,
         "epochs_run": epoch, "stopped": stopped,
         "final_train_acc": history["train_acc"][-1], "final_test_acc": history["test_acc"][-1],
         "final_train_loss": history["train_loss"][-1], "final_test_loss": history["test_loss"][-1],
-        "wall_seconds": round(wall_seconds, 2), "ms_per_step": round(1000 * step_s, 3),
+        "wall_seconds": round(wall_seconds, 2),  # training loop incl. evaluations, all sessions
+        "ms_per_step": round(1000 * step_s, 3),
         "checkpoint": str(Path(cfg.checkpoint_dir) / "model_final.pth"),
     }
     results = Path(cfg.results_dir)
@@ -278,17 +282,17 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         description="Train ToyMLP on modular arithmetic and watch it grok.",
         argument_default=argparse.SUPPRESS if suppress_defaults else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=PRESETS, default="grok",
+    parser.add_argument("--preset", choices=PRESETS, default=argparse.SUPPRESS if suppress_defaults else "grok",
                         help="grok: fast textbook grokking (the defaults); classic: the usual write-up "
                              "recipe (80%% train, batch 64, lr 1e-3, wd 1e-2, 150 epochs)")
     parser.add_argument("--resume", metavar="PATH", default=None,
                         help="continue from a resumable checkpoint (checkpoints/latest.pth)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-evaluation log lines")
     groups = {}
     for f in fields(Config):
         group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
         group.add_argument(f"--{f.name.replace('_', '-')}", type=f.type,
-                           default=f.default, help=f.metadata["help"])
+                           default=argparse.SUPPRESS if suppress_defaults else f.default, help=f.metadata["help"])
     return parser
 
 

@@ -1,0 +1,145 @@
+"""Speed figures, measured side by side in one run on this machine.
+
+    python bench.py                 # ~1-2 min on a 2-core CPU
+    python bench.py --seeds 0 1 2 --rounds 7
+
+Prints: ms per full-batch training step of ToyMLP (per-token tables) and of a naive model
+(nn.Embedding, concatenate, two nn.Linear); ms per epoch of the seed-style DataLoader loop
+(batch 64, 80% train); the machine's fp32 matmul peak and the share of it our step reaches;
+seconds to 99% test accuracy with train.py's defaults over several seeds.
+"""
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from dataset import make_data
+from model import ToyMLP
+from train import Config, train, train_one_epoch
+from utils import provenance
+
+
+class NaiveMLP(nn.Module):
+    """The textbook implementation: embed both tokens, concatenate, two Linear layers."""
+
+    def __init__(self, p, d_embed=128, d_hidden=256):
+        super().__init__()
+        self.embed = nn.Embedding(p, d_embed)
+        self.hidden = nn.Linear(2 * d_embed, d_hidden)
+        self.unembed = nn.Linear(d_hidden, p)
+
+    def forward(self, a, b):
+        x = torch.cat([self.embed(a), self.embed(b)], dim=-1)
+        return self.unembed(F.relu(self.hidden(x)))
+
+
+def adamw(model, cfg):
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             betas=(cfg.beta1, cfg.beta2))
+
+
+def time_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
+def matmul_peak_gflops(n: int = 1024, repeats: int = 20) -> float:
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / time_ms(lambda: x @ y, repeats) / 1e6
+
+
+def step_gflop(cfg: Config, n_train: int) -> float:
+    """FLOPs of one ToyMLP training step: the token tables (forward + backward, 3 matmuls' worth)
+    and the unembed (forward, weight gradient, input gradient)."""
+    tables = 3 * 2 * (2 * cfg.p * cfg.d_embed * cfg.d_hidden)
+    unembed = 3 * 2 * n_train * cfg.d_hidden * cfg.p
+    return (tables + unembed) / 1e9
+
+
+def step_timings(cfg: Config, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Interleave the three loops round by round, so a busy moment hurts each about equally."""
+    data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed)
+    ours, naive = ToyMLP(cfg.p, cfg.d_embed, cfg.d_hidden), NaiveMLP(cfg.p, cfg.d_embed, cfg.d_hidden)
+    opt_ours, opt_naive = adamw(ours, cfg), adamw(naive, cfg)
+    a, b, y = data.subset("train")
+
+    def naive_step():
+        loss = F.cross_entropy(naive(a, b), y)
+        opt_naive.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_naive.step()
+
+    classic = make_data(cfg.p, cfg.op, 0.8, cfg.data_seed)
+    model_classic = NaiveMLP(cfg.p, cfg.d_embed, cfg.d_hidden)
+    opt_classic = torch.optim.AdamW(model_classic.parameters(), lr=1e-3, weight_decay=1e-2)
+    loader = DataLoader(TensorDataset(*classic.subset("train")), batch_size=64, shuffle=True)
+
+    def classic_epoch():
+        for xa, xb, xy in loader:
+            loss = F.cross_entropy(model_classic(xa, xb), xy)
+            opt_classic.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_classic.step()
+
+    times = {"ours": [], "naive": [], "classic_epoch": []}
+    for _ in range(rounds):
+        times["ours"].append(time_ms(lambda: train_one_epoch(ours, opt_ours, data, True, 0, None), steps))
+        times["naive"].append(time_ms(naive_step, steps))
+        times["classic_epoch"].append(time_ms(classic_epoch, 1))
+    return times
+
+
+def seconds_to_grok(cfg: Config, seeds) -> list[float]:
+    out = []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = replace(cfg, seed=seed, stop_after_grok=1.0, checkpoint_dir=f"{tmp}/c", results_dir=f"{tmp}/r")
+            summary = train(run, progress=False)
+        out.append(summary["seconds_to_grok"])
+        print(f"  seed {seed}: test accuracy >= 99% at epoch {summary['grokking_epoch']}, "
+              f"{summary['seconds_to_grok']:.1f} s (including evaluations every {cfg.eval_every} epochs)")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark ToyMLP training speed against naive loops.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for time-to-grok")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--steps", type=int, default=20, help="steps per round")
+    args = parser.parse_args(argv)
+    cfg = Config()
+    info = provenance()
+    print(f"torch {info['versions']['torch']}, {info['threads']} threads, {info['machine']}; "
+          f"p={cfg.p}, {cfg.train_frac:.0%} train, d_embed {cfg.d_embed}, d_hidden {cfg.d_hidden}")
+    peak = statistics.median(matmul_peak_gflops() for _ in range(3))
+    times = step_timings(cfg, args.rounds, args.steps)
+    ours, naive = statistics.median(times["ours"]), statistics.median(times["naive"])
+    classic = statistics.median(times["classic_epoch"])
+    n_train = len(make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed).train_idx)
+    gflop = step_gflop(cfg, n_train)
+    print(f"fp32 matmul peak (1024^3): {peak:.0f} GFLOP/s")
+    print(f"full-batch step, ours (token tables):    {ours:6.2f} ms  (min {min(times['ours']):.2f}; "
+          f"{gflop:.2f} GFLOP -> {gflop / ours * 1e3:.0f} GFLOP/s = {gflop / ours * 1e3 / peak:.0%} of peak; "
+          f"floor at peak {gflop / peak * 1e3:.1f} ms)")
+    print(f"full-batch step, naive (cat + Linear):   {naive:6.2f} ms  (min {min(times['naive']):.2f})")
+    print(f"speed-up of our step over naive:         {naive / ours:6.2f}x")
+    print(f"seed-style epoch (DataLoader, batch 64, 80% train): {classic:.0f} ms per epoch")
+    print("seconds to 99% test accuracy with train.py's defaults:")
+    secs = seconds_to_grok(cfg, args.seeds)
+    spread = statistics.stdev(secs) if len(secs) > 1 else 0.0
+    print(f"time to grok: {statistics.mean(secs):.1f} ± {spread:.1f} s over seeds {args.seeds}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Train over several seeds and primes with otherwise default settings; print and save a table.
+
+    python sweep.py                                  # seeds 0-9 at p = 113
+    python sweep.py --primes 53 59 71 97 127 149 --seeds 0 1 2 3 4 5 6 7 8 9
+
+Each run writes its checkpoints into a temporary folder; only results/sweep.json is kept.
+"""
+import argparse
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+
+from tqdm import tqdm
+
+from train import Config, train
+from utils import provenance, write_json
+
+
+def sweep(primes, seeds, base: Config = Config()) -> list[dict]:
+    rows = []
+    runs = [(p, s) for p in primes for s in seeds]
+    for p, seed in tqdm(runs, desc="sweep", unit="run"):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = replace(base, p=p, seed=seed, checkpoint_dir=f"{tmp}/checkpoints", results_dir=f"{tmp}/results")
+            s = train(cfg, progress=False)
+        rows.append({k: s[k] for k in ("memorization_epoch", "grokking_epoch", "grokking_delay", "epochs_run",
+                                       "final_train_acc", "final_test_acc", "final_test_loss", "wall_seconds",
+                                       "ms_per_step")} | {"p": p, "seed": seed})
+        tqdm.write(format_row(rows[-1]))
+    return rows
+
+
+def format_row(r: dict) -> str:
+    delay = f"{r['grokking_delay']:5.1f}x" if r["grokking_delay"] else "  none"
+    return (f"p {r['p']:4d} seed {r['seed']:2d} | memorized {r['memorization_epoch']} | grokked {r['grokking_epoch']} "
+            f"({delay}) | final test acc {r['final_test_acc']:.1%} | {r['epochs_run']} epochs, {r['wall_seconds']:.1f} s")
+
+
+def mean_std(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0:.1f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Grokking epochs over seeds and primes (defaults otherwise).")
+    parser.add_argument("--primes", type=int, nargs="+", default=[113], help="moduli to train on")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="init seeds")
+    parser.add_argument("--out", default="results/sweep.json", help="where to write the table")
+    args = parser.parse_args(argv)
+    rows = sweep(args.primes, args.seeds)
+    print("\n   p | memorization epoch | grokking epoch | delay (grok/mem) | min delay | final test acc | wall s")
+    for p in args.primes:
+        rs = [r for r in rows if r["p"] == p]
+        delays = [r["grokking_delay"] for r in rs]
+        print(f"{p:4d} | {mean_std(r['memorization_epoch'] for r in rs):>18} | "
+              f"{mean_std(r['grokking_epoch'] for r in rs):>14} | {mean_std(delays):>16} | "
+              f"{min((d for d in delays if d), default=0):9.1f} | "
+              f"{min(r['final_test_acc'] for r in rs):14.1%} | {mean_std(r['wall_seconds'] for r in rs)}")
+    write_json(args.out, {"runs": rows, "config": vars(args), **provenance()})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from checkpoint import load_checkpoint
+from conftest import ROOT
+from train import Config, snapshot_epochs, train
+
+
+def small(tmp_path, **overrides) -> Config:
+    base = Config(p=23, d_embed=16, d_hidden=32, epochs=40, eval_every=5, checkpoint_every=10,
+                  snapshot_every=10, checkpoint_dir=str(tmp_path / "ckpt"), results_dir=str(tmp_path / "res"))
+    return replace(base, **overrides)
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "train.py", "--quiet", *args], cwd=ROOT, capture_output=True,
+                          text=True, **kwargs)
+
+
+def assert_same_weights(path_a, path_b):
+    a, b = load_checkpoint(path_a)["model"], load_checkpoint(path_b)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_split_is_independent_of_init_seed(tmp_path):
+    train(small(tmp_path / "s0", seed=0, epochs=1), progress=False)
+    train(small(tmp_path / "s1", seed=1, epochs=1), progress=False)
+    c0 = load_checkpoint(tmp_path / "s0/ckpt/model_final.pth")
+    c1 = load_checkpoint(tmp_path / "s1/ckpt/model_final.pth")
+    assert torch.equal(c0["train_idx"], c1["train_idx"]) and torch.equal(c0["test_idx"], c1["test_idx"])
+    assert not torch.equal(c0["model"]["W_E"], c1["model"]["W_E"])
+
+
+@pytest.mark.parametrize("batch_size", [0, 64])
+def test_resume_is_bit_identical(tmp_path, batch_size):
+    train(small(tmp_path / "whole", batch_size=batch_size), progress=False)
+    cfg = small(tmp_path / "split", batch_size=batch_size, epochs=17)
+    train(cfg, progress=False)
+    resume = load_checkpoint(tmp_path / "split/ckpt/latest.pth")
+    assert resume["epoch"] == 17
+    train(replace(cfg, epochs=40), resume=resume, progress=False)
+    assert_same_weights(tmp_path / "whole/ckpt/model_final.pth", tmp_path / "split/ckpt/model_final.pth")
+
+
+def test_checkpoints_snapshots_and_results_are_written(tmp_path):
+    summary = train(small(tmp_path), progress=False)
+    snaps = sorted((tmp_path / "ckpt/snapshots").glob("epoch_*.pth"))
+    epochs = [load_checkpoint(s)["epoch"] for s in snaps]
+    assert epochs == sorted(snapshot_epochs(40, 10)) == [0, 1, 2, 3, 5, 7, 10, 20, 30, 40]
+    final = load_checkpoint(tmp_path / "ckpt/model_final.pth")
+    assert final["epoch"] == 40 and final["history"]["epoch"][-1] == 40 and "optimizer" not in final
+    assert "optimizer" in load_checkpoint(tmp_path / "ckpt/latest.pth")
+    assert (tmp_path / "res/training_curves.png").stat().st_size > 10_000
+    for key in ("memorization_epoch", "grokking_epoch", "final_train_acc", "final_test_acc", "wall_seconds",
+                "ms_per_step", "versions", "command", "config"):
+        assert key in summary
+
+
+def test_small_run_memorizes_long_before_it_generalizes(tmp_path):
+    """A real grokking run at p = 59 with the default optimiser settings (a few seconds)."""
+    s = train(small(tmp_path, p=59, d_embed=128, d_hidden=256, epochs=3000, eval_every=10,
+                    stop_after_grok=1.0, checkpoint_every=1000, snapshot_every=1000), progress=False)
+    assert s["memorization_epoch"] is not None and s["grokking_epoch"] is not None
+    assert s["grokking_epoch"] >= 10 * s["memorization_epoch"]
+    assert s["final_test_acc"] >= 0.99
+
+
+BAD_INPUTS = [
+    ["--p", "1"], ["--train-frac", "0"], ["--train-frac", "1.5"], ["--op", "div", "--p", "12"],
+    ["--lr", "-0.1"], ["--op", "pow"], ["--activation", "tanh"], ["--device", "cuda:7"],
+    ["--device", "tpu"], ["--epochs", "0"], ["--batch-size", "-1"], ["--resume", "nowhere.pth"],
+    ["--p", "abc"], ["--preset", "fastest"],
+]
+
+
+@pytest.mark.parametrize("args", BAD_INPUTS, ids=" ".join)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, args):
+    out = run_cli(*args, "--checkpoint-dir", str(tmp_path / "c"), "--results-dir", str(tmp_path / "r"))
+    assert out.returncode == 2, out.stderr
+    assert "error" in out.stderr.lower()
+    assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()
+    assert not out.stdout
+
+
+def test_foreign_resume_file_exits_2(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pth")
+    out = run_cli("--resume", str(tmp_path / "foreign.pth"), "--checkpoint-dir", str(tmp_path / "c"))
+    assert out.returncode == 2 and "not a checkpoint written by" in out.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_resume_refuses_to_change_the_run(tmp_path):
+    train(small(tmp_path, epochs=5), progress=False)
+    out = run_cli("--resume", str(tmp_path / "ckpt/latest.pth"), "--lr", "0.5", "--epochs", "10")
+    assert out.returncode == 2 and "--lr cannot change" in out.stderr
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    out = run_cli("--p", "23", "--lr", "1e30", "--epochs", "50", "--checkpoint-every", "1",
+                  "--checkpoint-dir", str(tmp_path / "c"), "--results-dir", str(tmp_path / "r"))
+    assert out.returncode == 1 and "loss became" in out.stderr
+    assert not (tmp_path / "c/model_final.pth").exists()
+    latest = load_checkpoint(tmp_path / "c/latest.pth")
+    assert all(torch.isfinite(v).all() for v in latest["model"].values())
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
+    ckpt = tmp_path / "c"
+    args = [sys.executable, "train.py", "--quiet", "--p", "23", "--epochs", "100000", "--stop-after-grok", "0",
+            "--checkpoint-dir", str(ckpt), "--results-dir", str(tmp_path / "r")]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (ckpt / "snapshots/epoch_00050.pth").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "--resume" in stdout
+    latest = load_checkpoint(ckpt / "latest.pth")
+    assert latest["epoch"] >= 50 and "optimizer" in latest
