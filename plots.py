@@ -47,3 +47,124 @@ def plot_training_curves(history: dict, memorization_epoch, grokking_epoch, path
     axes[1].legend(fontsize=8, loc="center right")
     fig.suptitle(title or "Training curves")
     _save(fig, path)
+
+
+def plot_neuron_heatmaps(acts, labels, path, cols: int = 4) -> None:
+    """acts: (n, p, p) activations of n neurons over (a, b); one heatmap each with its own colour bar."""
+    n = len(acts)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, act, label in zip(axes.flat, acts, labels):
+        im = ax.imshow(act, origin="lower", cmap="viridis", aspect="equal")
+        ax.set_title(label, fontsize=8)
+        ax.set_xlabel("b", fontsize=8)
+        ax.set_ylabel("a", fontsize=8)
+        ax.tick_params(labelsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    fig.suptitle("Activations of the most important neurons (causal rank) over all inputs (a, b)\n"
+                 "stripes = the neuron responds to a periodic function of a, b or a + b", fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_neuron_ranking(variance, mean_increase, zero_increase, agreement, path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    ax = axes[0]
+    ax.scatter(variance, mean_increase.clip(min=1e-8), s=10, alpha=0.7)
+    ax.set(xscale="log", yscale="log", xlabel="activation variance over all inputs (log scale)",
+           ylabel="loss increase when mean-ablated (log scale)",
+           title=f"Activation vs causal importance per neuron\nSpearman {agreement['spearman']:.2f}, "
+                 f"top-10 overlap {agreement['top10_overlap']:.0%}")
+    ax = axes[1]
+    rank = range(1, len(mean_increase) + 1)
+    ax.plot(rank, sorted(mean_increase, reverse=True), label="mean ablation")
+    ax.plot(rank, sorted(zero_increase, reverse=True), label="zero ablation")
+    ax.set(xscale="log", yscale="symlog", xlabel="neuron rank (log scale)", ylabel="loss increase (symlog)",
+           title="Single-neuron ablation: loss increase, sorted")
+    ax.legend()
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+    _save(fig, path)
+
+
+def plot_ablation_curves(curves, keep_acc, circuit_size, base_acc, path) -> None:
+    """Accuracy when the top-k neurons are ablated (left) or are the only ones kept (right)."""
+    ks = curves["k"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, mode, title in ((axes[0], "ablate", "Mean-ablate k neurons"),
+                            (axes[1], "keep", "Keep only k neurons (mean-ablate the rest)")):
+        c = curves[mode]
+        x = [k + 0.5 for k in ks]  # shift by 0.5 so k = 0 fits on the log axis
+        ax.plot(x, [100 * a for a in c["top_acc"]], "o-", label="top k by causal rank")
+        mean, std = [100 * a for a in c["random_acc_mean"]], [100 * s for s in c["random_acc_std"]]
+        ax.errorbar(x, mean, yerr=std, fmt="s--", capsize=3, label="k random neurons (mean ± std)")
+        ax.axhline(100 * base_acc, color="gray", lw=1, ls=":", label="unablated model")
+        ax.set(xscale="log", xlabel="k + 0.5 (log scale)", ylabel="accuracy on all pairs (%)", title=title,
+               ylim=(-2, 102))
+        ax.grid(alpha=0.3, which="both")
+    axes[1].plot([k + 0.5 for k in range(len(keep_acc))], [100 * a for a in keep_acc], lw=1, alpha=0.6,
+                 color="tab:blue", label="top k, every k")
+    if circuit_size is not None:
+        axes[1].axvline(circuit_size + 0.5, color="tab:red", ls="--", label=f"circuit size {circuit_size} (99%)")
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_fourier_spectrum(freqs, embed_power, hidden_a, hidden_b, keys, key_ratio, path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    hidden = hidden_a + hidden_b
+    for ax, series, title in ((axes[0], [("embedding W_E", embed_power)], "Embedding: power per frequency"),
+                              (axes[1], [("operand a", hidden_a), ("operand b", hidden_b)],
+                               "Input to the hidden neurons: power per frequency")):
+        width = 0.8 / len(series)
+        for i, (name, power) in enumerate(series):
+            ax.bar([f + (i - (len(series) - 1) / 2) * width for f in freqs], power / power.sum(), width=width,
+                   label=name)
+        ax.set(xlabel="frequency k (w_k = 2πk/p)", ylabel="share of power (excluding the constant)", title=title)
+        for k in keys:
+            ax.axvspan(k - 0.5, k + 0.5, color="tab:red", alpha=0.12)
+        ax.grid(alpha=0.3, axis="y")
+    threshold = key_ratio * float(sorted(hidden)[len(hidden) // 2]) / hidden.sum()
+    axes[1].axhline(threshold, color="tab:red", ls="--", lw=1, label=f"key threshold ({key_ratio:g}× median)")
+    for ax in axes:
+        ax.legend(fontsize=8, title=f"key frequencies (shaded): {keys or 'none'}", title_fontsize=8,
+                  loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+    _save(fig, path)
+
+
+def plot_neuron_clusters(fractions, neuron_freq, cluster, keys, path) -> None:
+    """fractions: (d_hidden, n_freq) share of each neuron's variance per frequency; rows sorted by cluster."""
+    order = sorted(range(len(cluster)), key=lambda n: (cluster[n] is None, cluster[n] or 0, -fractions[n].max()))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [2.2, 1]})
+    ax = axes[0]
+    im = ax.imshow(fractions[order], aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest",
+                   extent=(0.5, fractions.shape[1] + 0.5, len(order) - 0.5, -0.5))
+    fig.colorbar(im, ax=ax, label="share of the neuron's variance")
+    ax.set(xlabel="frequency k", ylabel="neuron (sorted by cluster)",
+           title="Each neuron's variance by frequency (a, b and a·b terms of w_k)")
+    ax = axes[1]
+    labels = [str(k) for k in keys] + ["none"]
+    counts = [cluster.count(k) for k in keys] + [cluster.count(None)]
+    ax.bar(labels, counts, color=["tab:blue"] * len(keys) + ["tab:gray"])
+    ax.set(xlabel="key frequency (none: < 50% in one key frequency)", ylabel="number of neurons",
+           title="Neurons per frequency cluster")
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)
+
+
+def plot_frequency_ablation(results, base, path) -> None:
+    names = ["none removed"] + [r["ablation"] for r in results]
+    accs = [100 * base["acc"]] + [100 * r["acc"] for r in results]
+    losses = [base["loss"]] + [r["loss"] for r in results]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    axes[0].bar(names, accs, color=["tab:gray"] + ["tab:blue"] * len(results))
+    axes[0].set(ylabel="accuracy on all pairs (%)", ylim=(0, 102), title="Accuracy after removing frequencies from W_E")
+    axes[1].bar(names, losses, color=["tab:gray"] + ["tab:orange"] * len(results))
+    axes[1].set(ylabel="loss on all pairs (log scale)", yscale="log", title="Loss after removing frequencies from W_E")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)

@@ -1,0 +1,165 @@
+"""Fourier analysis on Z_p: the basis, spectra, key frequencies, and the logit decompositions
+of Nanda et al. (2023). Pure functions of tensors, so they can be tested on hand-built models.
+
+Conventions: frequency k in 1..p//2 stands for w_k = 2*pi*k/p; s(a, b) is the combination the
+algorithm computes, a + b for 'add' (a - b for 'sub'; mul and div have no such structure).
+"""
+import math
+
+import torch
+
+KEY_RATIO = 10.0  # a key frequency holds >= KEY_RATIO x the median frequency's power
+STRONG_FRACTION = 0.5  # key frequencies holding less than this share of the power: "weak structure"
+
+
+def fourier_basis(p: int) -> tuple[torch.Tensor, list[str]]:
+    """Orthonormal real Fourier basis of Z_p, rows (p, p) in float64, and a label per row:
+    'const', then 'cos k', 'sin k' for k = 1 .. (p-1)//2, then 'cos p/2' when p is even."""
+    x = torch.arange(p, dtype=torch.float64)
+    rows, labels = [torch.ones(p, dtype=torch.float64)], ["const"]
+    for k in range(1, p // 2 + 1):
+        rows.append(torch.cos(2 * math.pi * k * x / p))
+        labels.append(f"cos {k}")
+        if 2 * k != p:  # at the Nyquist frequency the sine is identically zero
+            rows.append(torch.sin(2 * math.pi * k * x / p))
+            labels.append(f"sin {k}")
+    basis = torch.stack(rows)
+    return basis / basis.norm(dim=1, keepdim=True), labels
+
+
+def frequency_of_rows(p: int) -> torch.Tensor:
+    """For each basis row, its frequency k (0 for the constant)."""
+    _, labels = fourier_basis(p)
+    return torch.tensor([0 if lab == "const" else int(lab.split()[1]) for lab in labels])
+
+
+def frequencies(p: int) -> list[int]:
+    return list(range(1, p // 2 + 1))
+
+
+def power_per_frequency(table: torch.Tensor) -> torch.Tensor:
+    """table: (p, n) values per token (e.g. W_E). Returns (p//2,) power of frequencies 1..p//2,
+    summed over the n columns; the constant (mean over tokens) is left out."""
+    p = table.shape[0]
+    coeffs = fourier_basis(p)[0] @ table.double()  # (p, n)
+    row_freq = frequency_of_rows(p)
+    power = torch.zeros(p // 2 + 1, dtype=torch.float64).index_add_(0, row_freq, (coeffs**2).sum(1))
+    return power[1:]
+
+
+def key_frequencies(power: torch.Tensor) -> list[int]:
+    """The frequencies whose power is at least KEY_RATIO times the median frequency's power.
+
+    A random matrix spreads power evenly (max / median ~ 1.3 for p = 113), so this selects nothing;
+    a trained or hand-built Fourier circuit puts almost all power in a few frequencies."""
+    if len(power) < 3 or power.sum() <= 0:
+        return []
+    threshold = KEY_RATIO * power.median()
+    return [k + 1 for k in range(len(power)) if power[k] >= threshold and power[k] > 0]
+
+
+def power_fraction(power: torch.Tensor, keys: list[int]) -> float:
+    total = power.sum()
+    return float(power[[k - 1 for k in keys]].sum() / total) if keys and total > 0 else 0.0
+
+
+def neuron_frequency_fractions(acts: torch.Tensor) -> torch.Tensor:
+    """acts: (p, p, n) neuron activations over the grid (a, b). Returns (n, p//2): the share of each
+    neuron's variance over the grid that lies in frequency k's terms: cos/sin(w_k a), cos/sin(w_k b)
+    and their products (which carry cos/sin w_k(a + b) and w_k(a - b))."""
+    p = acts.shape[0]
+    basis = fourier_basis(p)[0]
+    centred = acts.double() - acts.double().mean(dim=(0, 1))
+    coeffs = torch.einsum("ia,jb,abn->ijn", basis, basis, centred)  # (p, p, n) 2-D transform
+    power = coeffs**2
+    row_freq = frequency_of_rows(p)
+    total = power.sum(dim=(0, 1)).clamp_min(1e-30)  # (n,)
+    out = []
+    for k in frequencies(p):
+        in_k = (row_freq == k) | (row_freq == 0)
+        block = power[in_k][:, in_k].sum(dim=(0, 1))  # the const x const entry is 0 after centring
+        out.append(block / total)
+    fractions = torch.stack(out, dim=1)  # (n, p//2)
+    fractions[acts.double().reshape(p * p, -1).var(0) < 1e-12] = 0.0  # constant (dead) neurons
+    return fractions
+
+
+def combination(p: int, op: str) -> torch.Tensor:
+    """s(a, b) over the grid, (p, p): a + b for add, a - b for sub (others: a + b, which they lack)."""
+    a = torch.arange(p).view(p, 1)
+    b = torch.arange(p).view(1, p)
+    return (a - b) % p if op == "sub" else (a + b) % p
+
+
+def trig_directions(p: int, keys: list[int], op: str = "add") -> torch.Tensor:
+    """Unit vectors over the (a, b) grid: cos(w_k s) and sin(w_k s) for each key k, (2*len(keys), p*p).
+    They are orthonormal for distinct k in 1..p//2 (sin drops out at k = p/2)."""
+    s = combination(p, op).reshape(-1).double()
+    dirs = []
+    for k in keys:
+        dirs.append(torch.cos(2 * math.pi * k * s / p))
+        if 2 * k != p:
+            dirs.append(torch.sin(2 * math.pi * k * s / p))
+    if not dirs:
+        return torch.zeros(0, p * p, dtype=torch.float64)
+    dirs = torch.stack(dirs)
+    return dirs / dirs.norm(dim=1, keepdim=True)
+
+
+def split_logits(logits: torch.Tensor, keys: list[int], op: str = "add") -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: (p*p, p) over the full grid, rows in dataset.make_table order (a major, b minor).
+    Returns (key_part, rest): key_part is, for each output c, the projection of logits[:, c] (a
+    function of (a, b)) onto cos/sin(w_k s(a, b)) for the key k; rest = logits - key_part."""
+    p = logits.shape[1]
+    dirs = trig_directions(p, keys, op)  # (2K, p*p)
+    key_part = dirs.T @ (dirs @ logits.double())
+    return key_part, logits.double() - key_part
+
+
+def restricted_logits(logits: torch.Tensor, keys: list[int], op: str = "add") -> torch.Tensor:
+    """Nanda et al.'s restricted logits: only the key-frequency directions, plus each output's mean
+    over the grid (a per-output constant, like a bias)."""
+    key_part, _ = split_logits(logits, keys, op)
+    return key_part + logits.double().mean(dim=0, keepdim=True)
+
+
+def excluded_logits(logits: torch.Tensor, keys: list[int], op: str = "add") -> torch.Tensor:
+    """Nanda et al.'s excluded logits: the key-frequency directions removed."""
+    return split_logits(logits, keys, op)[1]
+
+
+def logit_fit(logits: torch.Tensor, keys: list[int], op: str = "add") -> tuple[float, dict[int, float]]:
+    """Fit logits(a, b, c) ~ sum_k alpha_k cos(w_k (s(a, b) - c)) over the full grid.
+
+    Each input's mean logit is removed first (softmax ignores it). The regressors are orthogonal,
+    so alpha_k = <L, X_k> / <X_k, X_k>. Returns (share of variance explained, {k: alpha_k})."""
+    p = logits.shape[1]
+    centred = logits.double() - logits.double().mean(dim=1, keepdim=True)  # (p*p, p)
+    s = combination(p, op).reshape(-1, 1).double()
+    c = torch.arange(p, dtype=torch.float64).view(1, -1)
+    fit, alphas = torch.zeros_like(centred), {}
+    for k in keys:
+        x = torch.cos(2 * math.pi * k * (s - c) / p)  # (p*p, p)
+        alphas[k] = float((centred * x).sum() / (x * x).sum())
+        fit += alphas[k] * x
+    total = (centred**2).sum()
+    explained = 1 - float(((centred - fit) ** 2).sum() / total) if total > 0 else 0.0
+    return explained, alphas
+
+
+def remove_frequencies(table: torch.Tensor, freqs: list[int]) -> torch.Tensor:
+    """table (p, n) with the cos/sin components of the given frequencies projected out."""
+    p = table.shape[0]
+    basis = fourier_basis(p)[0]
+    rows = basis[torch.isin(frequency_of_rows(p), torch.tensor(freqs, dtype=torch.long))]
+    return (table.double() - rows.T @ (rows @ table.double())).to(table.dtype)
+
+
+def gini(values: torch.Tensor) -> float:
+    """Gini coefficient of non-negative values: 0 when all are equal, (n-1)/n when one holds all."""
+    v = values.double().flatten().sort().values
+    n, total = len(v), v.sum()
+    if n == 0 or total <= 0:
+        return 0.0
+    ranks = torch.arange(1, n + 1, dtype=torch.float64)
+    return float((2 * (ranks * v).sum()) / (n * total) - (n + 1) / n)

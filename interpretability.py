@@ -1,0 +1,327 @@
+"""Open a trained ToyMLP and measure how it computes (a + b) mod p.
+
+    python interpretability.py                                   # checkpoints/model_final.pth -> results/
+    python interpretability.py --checkpoint checkpoints/snapshots/epoch_00100.pth --results-dir results/e100
+
+Writes results/analysis_summary.json, neuron_ranking.json and the plots listed at the end of the run.
+Every function takes a model (and data) in memory, so a notebook can call them directly.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import fourier
+import plots
+from checkpoint import CheckpointError, load_model
+from dataset import make_table
+from model import patch
+from utils import provenance, write_json
+
+ABLATION_KS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Grid:
+    """All p*p input pairs (a major, b minor) and, for the pairs the op defines, labels and splits."""
+
+    def __init__(self, p: int, op: str, train_idx: torch.Tensor, test_idx: torch.Tensor):
+        self.p, self.op = p, op
+        self.a, self.b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
+        ta, tb, self.y = make_table(p, op)  # rows of the data set (div lacks b = 0)
+        self.rows = ta * p + tb  # each data-set row's position in the grid
+        self.split = {"all": torch.arange(len(self.y)), "train": train_idx, "test": test_idx}
+
+    def loss_acc(self, logits_grid: torch.Tensor, split: str = "all") -> tuple[float, float]:
+        idx = self.split[split]
+        logits, y = logits_grid[self.rows[idx]], self.y[idx]
+        return F.cross_entropy(logits.double(), y).item(), (logits.argmax(-1) == y).double().mean().item()
+
+
+def neuron_ablation_effects(logits, hidden, W_U, grid, values, chunk: int = 8, progress=False):
+    """Loss and accuracy on all data-set pairs when each neuron alone is set to `values[n]`.
+
+    hidden_post feeds the logits linearly, so ablating neuron n changes the logits by
+    (values[n] - hidden[:, n]) x W_U[n]; tests check this against the model's hooks."""
+    rows, y = grid.rows, grid.y
+    base, h = logits[rows].double(), hidden[rows].double()  # (N, p), (N, d_hidden)
+    losses, accs = [], []
+    for start in tqdm(range(0, h.shape[1], chunk), desc="single-neuron ablations", disable=not progress, leave=False):
+        n = torch.arange(start, min(start + chunk, h.shape[1]))
+        delta = (values[n].double() - h[:, n]).T[:, :, None] * W_U[n].double()[:, None, :]  # (c, N, p)
+        ablated = base + delta
+        losses.append(-ablated.log_softmax(-1).gather(-1, y.expand(len(n), -1)[..., None]).squeeze(-1).mean(1))
+        accs.append((ablated.argmax(-1) == y).double().mean(1))
+    return torch.cat(losses), torch.cat(accs)
+
+
+def rank_neurons(model, grid, progress=False) -> dict:
+    """Rank neurons by activation variance over the grid and by the loss increase when each is
+    mean-ablated (causal); zero-ablation effects are reported too."""
+    logits, cache = model.run_with_cache(grid.a, grid.b)
+    hidden = cache["hidden_post"]
+    base_loss, base_acc = grid.loss_acc(logits)
+    mean = hidden.mean(0)
+    mean_loss, mean_acc = neuron_ablation_effects(logits, hidden, model.W_U, grid, mean, progress=progress)
+    zero_loss, zero_acc = neuron_ablation_effects(logits, hidden, model.W_U, grid, torch.zeros_like(mean),
+                                                  progress=progress)
+    variance = hidden.double().var(0)
+    causal_order = torch.argsort(mean_loss - base_loss, descending=True)
+    activation_order = torch.argsort(variance, descending=True)
+    return {
+        "base_loss": base_loss, "base_acc": base_acc,
+        "activation_variance": variance, "mean_ablation_loss_increase": mean_loss - base_loss,
+        "mean_ablation_acc": mean_acc, "zero_ablation_loss_increase": zero_loss - base_loss,
+        "zero_ablation_acc": zero_acc, "causal_order": causal_order, "activation_order": activation_order,
+        "agreement": ranking_agreement(activation_order, causal_order),
+    }
+
+
+def ranking_agreement(order_1: torch.Tensor, order_2: torch.Tensor) -> dict:
+    """Spearman rank correlation of two orderings and the overlap of their top 10 and top 10%."""
+    n = len(order_1)
+    rank_1, rank_2 = torch.empty(n), torch.empty(n)
+    rank_1[order_1], rank_2[order_2] = torch.arange(n, dtype=torch.float), torch.arange(n, dtype=torch.float)
+    spearman = 1 - 6 * float(((rank_1 - rank_2) ** 2).sum()) / (n * (n**2 - 1)) if n > 1 else 1.0
+    top = max(n // 10, 1)
+    overlap = lambda k: len(set(order_1[:k].tolist()) & set(order_2[:k].tolist())) / k  # noqa: E731
+    return {"spearman": spearman, "top10_overlap": overlap(min(10, n)), f"top{top}_overlap": overlap(top)}
+
+
+def ablation_curves(model, grid, causal_order, draws: int = 5, seed: int = 0) -> dict:
+    """Mean-ablate the top-k neurons (causal order) or k random ones; and keep only the top k or
+    k random ones (mean-ablating the rest). Accuracy and loss on all pairs; random: mean and std."""
+    logits, cache = model.run_with_cache(grid.a, grid.b)
+    hidden = cache["hidden_post"].double()
+    mean = hidden.mean(0)
+    W_U = model.W_U.double()
+    d = hidden.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+
+    def evaluate(ablate):  # logits with the neurons in `ablate` set to their mean
+        delta = (mean[ablate] - hidden[:, ablate]) @ W_U[ablate] if len(ablate) else 0.0
+        return grid.loss_acc(logits.double() + delta)
+
+    ks = sorted({k for k in ABLATION_KS if k <= d} | {d})
+    out = {"k": ks}
+    for mode in ("ablate", "keep"):
+        chosen = lambda order, k: order[:k] if mode == "ablate" else order[k:]  # noqa: E731
+        top = [evaluate(chosen(causal_order, k)) for k in ks]
+        rand = [[evaluate(chosen(torch.randperm(d, generator=gen), k)) for _ in range(draws)] for k in ks]
+        rand = torch.tensor(rand)  # (len(ks), draws, 2): loss, acc
+        out[mode] = {"top_loss": [t[0] for t in top], "top_acc": [t[1] for t in top],
+                     "random_loss_mean": rand[..., 0].mean(1).tolist(), "random_loss_std": rand[..., 0].std(1).tolist(),
+                     "random_acc_mean": rand[..., 1].mean(1).tolist(), "random_acc_std": rand[..., 1].std(1).tolist()}
+    return out
+
+
+def circuit_size(model, grid, causal_order, threshold: float = 0.99) -> tuple[int | None, list[float]]:
+    """Smallest k whose top-k neurons (causal order), with all others mean-ablated, keep accuracy
+    >= threshold on all pairs. Also returns the accuracy for every k = 0..d_hidden."""
+    logits, cache = model.run_with_cache(grid.a, grid.b)
+    mean = cache["hidden_post"].double().mean(0)  # over the whole grid, as everywhere here
+    hidden = cache["hidden_post"][grid.rows].double()
+    W_U = model.W_U.double()
+    current = logits[grid.rows].double() + (mean - hidden) @ W_U  # every neuron at its mean
+    accs = [(current.argmax(-1) == grid.y).double().mean().item()]
+    for n in causal_order.tolist():
+        current += torch.outer(hidden[:, n] - mean[n], W_U[n])
+        accs.append((current.argmax(-1) == grid.y).double().mean().item())
+    size = next((k for k, acc in enumerate(accs) if acc >= threshold), None)
+    return size, accs
+
+
+def fourier_analysis(model, grid) -> dict:
+    """Spectra, key frequencies, neuron frequencies, logit fit, restricted/excluded losses and
+    frequency ablations (see fourier.py for each definition)."""
+    p, op = grid.p, grid.op
+    with torch.no_grad():
+        table_a, table_b = model.token_tables()  # (p, d_hidden): each operand's input to the neurons
+        embed_power = fourier.power_per_frequency(model.W_E)
+        hidden_power_a = fourier.power_per_frequency(table_a)
+        hidden_power_b = fourier.power_per_frequency(table_b)
+        logits, cache = model.run_with_cache(grid.a, grid.b)
+    hidden_power = hidden_power_a + hidden_power_b
+    keys = fourier.key_frequencies(hidden_power)
+    fractions = fourier.neuron_frequency_fractions(cache["hidden_post"].reshape(p, p, -1))  # (d_hidden, p//2)
+    best_fraction, best = fractions.max(dim=1)
+    neuron_freq = best + 1
+    assigned = [int(k) if int(k) in keys and f >= 0.5 else None for k, f in zip(neuron_freq, best_fraction)]
+    explained, alphas = fourier.logit_fit(logits, keys, op)
+    restricted = fourier.restricted_logits(logits, keys, op)
+    excluded = fourier.excluded_logits(logits, keys, op)
+    return {
+        "frequencies": fourier.frequencies(p), "embed_power": embed_power, "hidden_power_a": hidden_power_a,
+        "hidden_power_b": hidden_power_b, "key_frequencies": keys,
+        "key_frequency_power_fraction": fourier.power_fraction(hidden_power, keys),
+        "embed_key_power_fraction": fourier.power_fraction(embed_power, keys),
+        "neuron_fractions": fractions, "neuron_frequency": neuron_freq.tolist(),
+        "neuron_frequency_fraction": best_fraction.tolist(), "neuron_cluster": assigned,
+        "logit_variance_explained": explained, "logit_alphas": alphas,
+        "restricted_loss": grid.loss_acc(restricted, "all")[0],
+        "restricted_acc": grid.loss_acc(restricted, "all")[1],
+        "excluded_loss": grid.loss_acc(excluded, "train")[0],
+        "excluded_acc": grid.loss_acc(excluded, "train")[1],
+        "frequency_ablation": frequency_ablation(model, grid, keys),
+    }
+
+
+def frequency_ablation(model, grid, keys: list[int]) -> list[dict]:
+    """Accuracy and loss on all pairs after projecting frequencies out of the embedding W_E:
+    each key frequency alone, then every non-key frequency at once."""
+    cases = [(f"remove {k}", [k]) for k in keys]
+    cases.append(("remove all non-key", [k for k in fourier.frequencies(grid.p) if k not in keys]))
+    out = []
+    with torch.no_grad():
+        for name, freqs in cases:
+            W_E = fourier.remove_frequencies(model.W_E, freqs)
+            hooks = {"embed_a": patch(W_E[grid.a]), "embed_b": patch(W_E[grid.b])}
+            loss, acc = grid.loss_acc(model.run_with_hooks(grid.a, grid.b, hooks))
+            out.append({"ablation": name, "frequencies": freqs, "loss": loss, "acc": acc})
+    return out
+
+
+def analyze(model, grid, draws: int = 5, progress: bool = False) -> dict:
+    """The whole analysis of a model in memory; returns plain data plus tensors for the plots."""
+    with torch.no_grad():
+        ranking = rank_neurons(model, grid, progress)
+        curves = ablation_curves(model, grid, ranking["causal_order"], draws)
+        size, keep_accs = circuit_size(model, grid, ranking["causal_order"])
+        logits = model(grid.a, grid.b)
+    losses = {split: dict(zip(("loss", "acc"), grid.loss_acc(logits, split))) for split in ("all", "train", "test")}
+    return {"losses": losses, "ranking": ranking, "ablation_curves": curves, "circuit_size": size,
+            "circuit_keep_acc": keep_accs, "fourier": fourier_analysis(model, grid)}
+
+
+def summarize(result: dict, checkpoint: str, config: dict) -> dict:
+    """The JSON-ready summary: plain numbers and lists only."""
+    r, f = result["ranking"], result["fourier"]
+    top = r["causal_order"][:20].tolist()
+    return {
+        "checkpoint": checkpoint, "config": config, **provenance(),
+        "losses": result["losses"],
+        "key_frequencies": f["key_frequencies"],
+        "key_frequency_power_fraction": f["key_frequency_power_fraction"],
+        "key_frequency_rule": f"hidden-input power >= {fourier.KEY_RATIO:g} x the median frequency's power",
+        "structure": "clear" if f["key_frequency_power_fraction"] >= fourier.STRONG_FRACTION else
+                     ("weak" if f["key_frequencies"] else "none"),
+        "embed_key_power_fraction": f["embed_key_power_fraction"],
+        "neuron_importance": {
+            "top20_causal": top,
+            "top20_loss_increase": r["mean_ablation_loss_increase"][top].tolist(),
+            "top20_by_activation_variance": r["activation_order"][:20].tolist(),
+            "ranking_agreement": r["agreement"],
+        },
+        "ablations": {"single_neuron_max_loss_increase": {
+                          "mean": float(r["mean_ablation_loss_increase"].max()),
+                          "zero": float(r["zero_ablation_loss_increase"].max())},
+                      "single_neuron_min_acc": {"mean": float(r["mean_ablation_acc"].min()),
+                                                "zero": float(r["zero_ablation_acc"].min())},
+                      **result["ablation_curves"]},
+        "circuit_size": result["circuit_size"],
+        "neurons_per_key_frequency": {k: f["neuron_cluster"].count(k) for k in f["key_frequencies"]},
+        "neurons_unassigned": f["neuron_cluster"].count(None),
+        "restricted_loss": f["restricted_loss"], "restricted_acc": f["restricted_acc"],
+        "excluded_loss": f["excluded_loss"], "excluded_acc": f["excluded_acc"],
+        "train_loss": result["losses"]["train"]["loss"], "test_loss": result["losses"]["test"]["loss"],
+        "logit_variance_explained": f["logit_variance_explained"],
+        "logit_alphas": f["logit_alphas"],
+        "frequency_ablation": f["frequency_ablation"],
+    }
+
+
+def neuron_table(result: dict) -> list[dict]:
+    r, f = result["ranking"], result["fourier"]
+    causal_rank = torch.empty_like(r["causal_order"])
+    causal_rank[r["causal_order"]] = torch.arange(len(causal_rank))
+    act_rank = torch.empty_like(r["activation_order"])
+    act_rank[r["activation_order"]] = torch.arange(len(act_rank))
+    return [{"neuron": n, "causal_rank": int(causal_rank[n]), "activation_rank": int(act_rank[n]),
+             "mean_ablation_loss_increase": float(r["mean_ablation_loss_increase"][n]),
+             "zero_ablation_loss_increase": float(r["zero_ablation_loss_increase"][n]),
+             "activation_variance": float(r["activation_variance"][n]),
+             "dominant_frequency": f["neuron_frequency"][n],
+             "dominant_frequency_fraction": f["neuron_frequency_fraction"][n],
+             "cluster": f["neuron_cluster"][n]} for n in r["causal_order"].tolist()]
+
+
+def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Path]:
+    r, f = result["ranking"], result["fourier"]
+    with torch.no_grad():
+        hidden = model.run_with_cache(grid.a, grid.b)[1]["hidden_post"].reshape(grid.p, grid.p, -1)
+    neurons = r["causal_order"][:top].tolist()
+    labels = [f"neuron {n} (rank {i + 1})\nfreq {f['neuron_frequency'][n]}, "
+              f"{f['neuron_frequency_fraction'][n]:.0%} of var" for i, n in enumerate(neurons)]
+    paths = [out / name for name in ("activation_heatmap.png", "neuron_ranking.png", "ablation_curves.png",
+                                     "fourier_spectrum.png", "neuron_clusters.png", "frequency_ablation.png")]
+    plots.plot_neuron_heatmaps(hidden[..., neurons].permute(2, 0, 1).numpy(), labels, paths[0])
+    plots.plot_neuron_ranking(r["activation_variance"].numpy(), r["mean_ablation_loss_increase"].numpy(),
+                              r["zero_ablation_loss_increase"].numpy(), r["agreement"], paths[1])
+    plots.plot_ablation_curves(result["ablation_curves"], result["circuit_keep_acc"], result["circuit_size"],
+                               result["losses"]["all"]["acc"], paths[2])
+    plots.plot_fourier_spectrum(f["frequencies"], f["embed_power"].numpy(), f["hidden_power_a"].numpy(),
+                                f["hidden_power_b"].numpy(), f["key_frequencies"], fourier.KEY_RATIO, paths[3])
+    plots.plot_neuron_clusters(f["neuron_fractions"].numpy(), f["neuron_frequency"], f["neuron_cluster"],
+                               f["key_frequencies"], paths[4])
+    plots.plot_frequency_ablation(f["frequency_ablation"], result["losses"]["all"], paths[5])
+    return paths
+
+
+def report(summary: dict, paths: list[Path]) -> str:
+    """A few plain sentences on what was found."""
+    keys, frac = summary["key_frequencies"], summary["key_frequency_power_fraction"]
+    acc = summary["losses"]["test"]["acc"]
+    lines = [f"Model: test accuracy {acc:.1%}, train accuracy {summary['losses']['train']['acc']:.1%}."]
+    if summary["structure"] == "none":
+        lines.append("No clear frequency structure found: no frequency stands out of the spectrum "
+                     "(expected for an untrained or memorizing-only model).")
+    else:
+        lines.append(f"Key frequencies {keys} hold {frac:.0%} of the neurons' input power "
+                     f"({summary['structure']} structure); "
+                     f"{sum(summary['neurons_per_key_frequency'].values())} neurons are tied to one of them.")
+        lines.append(f"A sum of cos(w_k(a+b-c)) over them explains {summary['logit_variance_explained']:.0%} "
+                     f"of the logits' variance. Restricted loss (key directions only) "
+                     f"{summary['restricted_loss']:.3g} vs test loss {summary['test_loss']:.3g}; "
+                     f"excluded loss (key directions removed, train set) {summary['excluded_loss']:.3g} "
+                     f"vs train loss {summary['train_loss']:.3g}.")
+    size = summary["circuit_size"]
+    lines.append(f"Circuit size: {size} neurons kept (the rest mean-ablated) retain >= 99% accuracy."
+                 if size is not None else "No set of neurons retains 99% accuracy (the model itself does not reach it).")
+    lines.append("Plots: " + ", ".join(str(p) for p in paths))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Mechanistic analysis of a trained ToyMLP checkpoint.")
+    parser.add_argument("--checkpoint", default="checkpoints/model_final.pth", help="checkpoint to analyse")
+    parser.add_argument("--results-dir", default="results", help="folder for the JSON files and plots")
+    parser.add_argument("--draws", type=int, default=5, help="random neuron sets per k in the ablation curves")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        model, ckpt = load_model(args.checkpoint)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cfg = ckpt["config"]
+    grid = Grid(cfg["p"], cfg["op"], ckpt["train_idx"], ckpt["test_idx"])
+    steps = tqdm(total=3, desc="analysis", disable=args.quiet)
+    result = analyze(model, grid, args.draws, progress=not args.quiet)
+    steps.update()
+    out = Path(args.results_dir)
+    summary = summarize(result, args.checkpoint, cfg)
+    write_json(out / "analysis_summary.json", summary)
+    write_json(out / "neuron_ranking.json", {"checkpoint": args.checkpoint, "neurons": neuron_table(result)})
+    steps.update()
+    paths = write_plots(model, grid, result, out)
+    steps.update()
+    steps.close()
+    print(report(summary, paths))
+    print(f"Numbers: {out / 'analysis_summary.json'}, {out / 'neuron_ranking.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
