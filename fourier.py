@@ -51,11 +51,12 @@ def key_frequencies(power: torch.Tensor) -> list[int]:
     """The frequencies whose power is at least KEY_RATIO times the median frequency's power.
 
     A random matrix spreads power evenly (max / median ~ 1.3 for p = 113), so this selects nothing;
-    a trained or hand-built Fourier circuit puts almost all power in a few frequencies."""
+    a trained or hand-built Fourier circuit puts almost all power in a few frequencies. (A floor of
+    1e-6 of the total keeps rounding noise out when the median is exactly zero.)"""
     if len(power) < 3 or power.sum() <= 0:
         return []
-    threshold = KEY_RATIO * power.median()
-    return [k + 1 for k in range(len(power)) if power[k] >= threshold and power[k] > 0]
+    threshold = max(KEY_RATIO * float(power.median()), 1e-6 * float(power.sum()))
+    return [k + 1 for k in range(len(power)) if power[k] >= threshold]
 
 
 def power_fraction(power: torch.Tensor, keys: list[int]) -> float:

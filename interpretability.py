@@ -120,11 +120,11 @@ def ablation_curves(model, grid, causal_order, draws: int = 5, seed: int = 0) ->
 def circuit_size(model, grid, causal_order, threshold: float = 0.99) -> tuple[int | None, list[float]]:
     """Smallest k whose top-k neurons (causal order), with all others mean-ablated, keep accuracy
     >= threshold on all pairs. Also returns the accuracy for every k = 0..d_hidden."""
-    logits, cache = model.run_with_cache(grid.a, grid.b)
-    mean = cache["hidden_post"].double().mean(0)  # over the whole grid, as everywhere here
-    hidden = cache["hidden_post"][grid.rows].double()
+    hidden_grid = model.run_with_cache(grid.a, grid.b)[1]["hidden_post"].double()
+    mean = hidden_grid.mean(0)  # over the whole grid, as everywhere here
+    hidden = hidden_grid[grid.rows]
     W_U = model.W_U.double()
-    current = logits[grid.rows].double() + (mean - hidden) @ W_U  # every neuron at its mean
+    current = (model.b_U.double() + mean @ W_U).expand(len(hidden), -1).clone()  # every neuron at its mean
     accs = [(current.argmax(-1) == grid.y).double().mean().item()]
     for n in causal_order.tolist():
         current += torch.outer(hidden[:, n] - mean[n], W_U[n])
