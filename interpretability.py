@@ -133,18 +133,29 @@ def circuit_size(model, grid, causal_order, threshold: float = 0.99) -> tuple[in
     return size, accs
 
 
+def hidden_input_power(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Power per frequency of each operand's input to the hidden neurons, (p//2,) each."""
+    with torch.no_grad():
+        table_a, table_b = model.token_tables()  # (p, d_hidden)
+    return fourier.power_per_frequency(table_a), fourier.power_per_frequency(table_b)
+
+
+def model_key_frequencies(model) -> list[int]:
+    """The key frequencies of a model: those standing out of its hidden-input spectrum."""
+    power_a, power_b = hidden_input_power(model)
+    return fourier.key_frequencies(power_a + power_b)
+
+
 def fourier_analysis(model, grid) -> dict:
     """Spectra, key frequencies, neuron frequencies, logit fit, restricted/excluded losses and
     frequency ablations (see fourier.py for each definition)."""
     p, op = grid.p, grid.op
-    with torch.no_grad():
-        table_a, table_b = model.token_tables()  # (p, d_hidden): each operand's input to the neurons
-        embed_power = fourier.power_per_frequency(model.W_E)
-        hidden_power_a = fourier.power_per_frequency(table_a)
-        hidden_power_b = fourier.power_per_frequency(table_b)
-        logits, cache = model.run_with_cache(grid.a, grid.b)
+    hidden_power_a, hidden_power_b = hidden_input_power(model)
     hidden_power = hidden_power_a + hidden_power_b
     keys = fourier.key_frequencies(hidden_power)
+    with torch.no_grad():
+        embed_power = fourier.power_per_frequency(model.W_E)
+        logits, cache = model.run_with_cache(grid.a, grid.b)
     fractions = fourier.neuron_frequency_fractions(cache["hidden_post"].reshape(p, p, -1))  # (d_hidden, p//2)
     best_fraction, best = fractions.max(dim=1)
     neuron_freq = best + 1
@@ -269,7 +280,7 @@ def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Pat
     return paths
 
 
-def report(summary: dict, paths: list[Path]) -> str:
+def findings(summary: dict) -> list[str]:
     """A few plain sentences on what was found."""
     keys, frac = summary["key_frequencies"], summary["key_frequency_power_fraction"]
     acc = summary["losses"]["test"]["acc"]
@@ -289,8 +300,26 @@ def report(summary: dict, paths: list[Path]) -> str:
     size = summary["circuit_size"]
     lines.append(f"Circuit size: {size} neurons kept (the rest mean-ablated) retain >= 99% accuracy."
                  if size is not None else "No set of neurons retains 99% accuracy (the model itself does not reach it).")
-    lines.append("Plots: " + ", ".join(str(p) for p in paths))
-    return "\n".join(lines)
+    return lines
+
+
+def run(checkpoint="checkpoints/model_final.pth", results_dir="results", draws: int = 5, progress: bool = True):
+    """Analyse a checkpoint and write the JSON files and plots; returns (summary, plot paths)."""
+    model, ckpt = load_model(checkpoint)  # raises CheckpointError before anything is written
+    cfg = ckpt["config"]
+    grid = Grid(cfg["p"], cfg["op"], ckpt["train_idx"], ckpt["test_idx"])
+    steps = tqdm(total=3, desc="analysis", disable=not progress)
+    result = analyze(model, grid, draws, progress=progress)
+    steps.update()
+    out = Path(results_dir)
+    summary = summarize(result, str(checkpoint), cfg)
+    write_json(out / "analysis_summary.json", summary)
+    write_json(out / "neuron_ranking.json", {"checkpoint": str(checkpoint), "neurons": neuron_table(result)})
+    steps.update()
+    paths = write_plots(model, grid, result, out)
+    steps.update()
+    steps.close()
+    return summary, paths
 
 
 def main(argv=None) -> int:
@@ -299,26 +328,22 @@ def main(argv=None) -> int:
     parser.add_argument("--results-dir", default="results", help="folder for the JSON files and plots")
     parser.add_argument("--draws", type=int, default=5, help="random neuron sets per k in the ablation curves")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--progress", action="store_true",
+                        help="instead: progress measures over the snapshots next to --checkpoint (see progress.py)")
     args = parser.parse_args(argv)
+    if args.progress:
+        import progress  # imports this module, so only here
+
+        flags = ["--checkpoint-dir", str(Path(args.checkpoint).parent), "--results-dir", args.results_dir]
+        return progress.main(flags + (["--quiet"] if args.quiet else []))
     try:
-        model, ckpt = load_model(args.checkpoint)
+        summary, paths = run(args.checkpoint, args.results_dir, args.draws, progress=not args.quiet)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    cfg = ckpt["config"]
-    grid = Grid(cfg["p"], cfg["op"], ckpt["train_idx"], ckpt["test_idx"])
-    steps = tqdm(total=3, desc="analysis", disable=args.quiet)
-    result = analyze(model, grid, args.draws, progress=not args.quiet)
-    steps.update()
+    print("\n".join(findings(summary)))
+    print("Plots: " + ", ".join(str(p) for p in paths))
     out = Path(args.results_dir)
-    summary = summarize(result, args.checkpoint, cfg)
-    write_json(out / "analysis_summary.json", summary)
-    write_json(out / "neuron_ranking.json", {"checkpoint": args.checkpoint, "neurons": neuron_table(result)})
-    steps.update()
-    paths = write_plots(model, grid, result, out)
-    steps.update()
-    steps.close()
-    print(report(summary, paths))
     print(f"Numbers: {out / 'analysis_summary.json'}, {out / 'neuron_ranking.json'}")
     return 0
 

@@ -168,3 +168,48 @@ def plot_frequency_ablation(results, base, path) -> None:
         ax.tick_params(axis="x", rotation=45, labelsize=8)
         ax.grid(alpha=0.3, axis="y")
     _save(fig, path)
+
+
+PHASE_COLORS = {"memorization": "tab:blue", "circuit formation": "gold", "clean-up": "tab:green"}
+
+
+def plot_progress_measures(series, phases, grokking_epoch, keys, path) -> None:
+    """Four panels on one epoch axis, with the three phases shaded."""
+    epochs = series["epoch"]
+    fig, axes = plt.subplots(2, 2, figsize=(14, 8.5), sharex=True)
+    ax = axes[0, 0]
+    ax.plot(epochs, series["train_loss"], color=TRAIN_COLOR, label="train loss")
+    ax.plot(epochs, series["test_loss"], color=TEST_COLOR, label="test loss")
+    ax.plot(epochs, series["restricted_loss"], color="tab:purple", label="restricted loss (key freqs only, all pairs)")
+    ax.plot(epochs, series["excluded_loss"], color="tab:red", label="excluded loss (key freqs removed, train)")
+    ax.set(yscale="log", ylabel="cross-entropy loss (log scale)", title=f"Losses (key frequencies {keys})")
+    ax = axes[0, 1]
+    ax.plot(epochs, [100 * a for a in series["train_acc"]], color=TRAIN_COLOR, label="train")
+    ax.plot(epochs, [100 * a for a in series["test_acc"]], color=TEST_COLOR, label="test")
+    ax.set(ylabel="accuracy (%)", ylim=(-2, 102), title="Accuracy")
+    ax = axes[1, 0]
+    ax.plot(epochs, series["fourier_gini"], color="tab:brown", marker=".")
+    ax.set(ylabel="Gini coefficient (0 = flat, 1 = one frequency)", ylim=(0, 1),
+           title="Concentration of the embedding's Fourier power")
+    ax = axes[1, 1]
+    ax.plot(epochs, series["weight_norm"], color="tab:green", marker=".")
+    ax.set(ylabel="sum of squared weights", title="Weight norm")
+    end = epochs[-1]
+    spans = [("memorization", 0, phases["memorization_end"]),
+             ("circuit formation", phases["memorization_end"], phases["cleanup_start"] or end),
+             ("clean-up", phases["cleanup_start"], end if phases["cleanup_start"] is not None else None)]
+    for ax in axes.flat:
+        for name, start, stop in spans:
+            if start is not None and stop is not None:
+                ax.axvspan(start, stop, color=PHASE_COLORS[name], alpha=0.12, label=f"{name} ({start}-{stop})")
+        if grokking_epoch is not None:
+            ax.axvline(grokking_epoch, color="k", ls=":", lw=1, label=f"test acc 99% (epoch {grokking_epoch})")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes[1]:
+        ax.set_xlabel("epoch (log scale above 10)")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    axes[0, 1].legend(fontsize=7, loc="center left")
+    fig.suptitle("Progress measures over training snapshots: memorization, circuit formation, clean-up")
+    fig.tight_layout()
+    _save(fig, path)

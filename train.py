@@ -56,7 +56,7 @@ class Config:
     device: str = _f("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "bookkeeping")
     eval_every: int = _f(10, "evaluate (and log one line) every N epochs", "bookkeeping")
     checkpoint_every: int = _f(500, "write the resumable checkpoints/latest.pth every N epochs", "bookkeeping")
-    snapshot_every: int = _f(50, "model snapshot every N epochs (plus log-spaced ones before that)", "bookkeeping")
+    snapshot_every: int = _f(25, "model snapshot every N epochs (plus log-spaced ones before that)", "bookkeeping")
     checkpoint_dir: str = _f("checkpoints", "folder for checkpoints", "bookkeeping")
     results_dir: str = _f("results", "folder for plots and the summary JSON", "bookkeeping")
 
@@ -241,6 +241,8 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     save(ckpt_dir / "latest.pth", epoch, resumable=True)
     if stopped == "interrupted":  # history untouched, so a resumed run matches an uninterrupted one
         return {"stopped": stopped, "epoch": epoch}
+    if epoch not in snapshots:  # the stop rule ended the run between scheduled snapshots
+        save(ckpt_dir / "snapshots" / f"epoch_{epoch:05d}.pth", epoch)
     if history["epoch"][-1:] != [epoch]:  # stopped between evaluations
         history["epoch"].append(epoch)
         for key, value in (evaluate(model, data) | {"seconds": wall_seconds}).items():

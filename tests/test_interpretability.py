@@ -150,6 +150,7 @@ def test_ranking_agreement_extremes():
 def test_gini_of_one_hot_and_flat_spectra():
     assert fourier.gini(torch.ones(10)) == pytest.approx(0.0)
     assert fourier.gini(torch.tensor([0.0] * 9 + [3.0])) == pytest.approx(0.9)
+    assert fourier.gini(torch.tensor([1.0, 3.0])) == pytest.approx(0.25)  # by the mean-difference formula
 
 
 def run_cli(*args):
