@@ -69,10 +69,11 @@ def neuron_frequency_fractions(acts: torch.Tensor) -> torch.Tensor:
     neuron's variance over the grid that lies in frequency k's terms: cos/sin(w_k a), cos/sin(w_k b)
     and their products (which carry cos/sin w_k(a + b) and w_k(a - b))."""
     p = acts.shape[0]
-    basis = fourier_basis(p)[0]
-    centred = acts.double() - acts.double().mean(dim=(0, 1))
-    coeffs = torch.einsum("ia,jb,abn->ijn", basis, basis, centred)  # (p, p, n) 2-D transform
-    power = coeffs**2
+    basis = fourier_basis(p)[0].float()  # float32 is ample for shares of variance, and 2x faster
+    centred = acts.float() - acts.float().mean(dim=(0, 1))
+    over_a = torch.tensordot(basis, centred, dims=([1], [0]))  # (i, b, n): transform along a
+    coeffs = torch.tensordot(basis, over_a, dims=([1], [1]))  # (j, i, n): then along b
+    power = (coeffs.transpose(0, 1) ** 2).double()  # (i, j, n): (a-frequency row, b-frequency row)
     row_freq = frequency_of_rows(p)
     total = power.sum(dim=(0, 1)).clamp_min(1e-30)  # (n,)
     out = []

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import fourier
@@ -36,25 +35,44 @@ class Grid:
 
     def loss_acc(self, logits_grid: torch.Tensor, split: str = "all") -> tuple[float, float]:
         idx = self.split[split]
-        logits, y = logits_grid[self.rows[idx]], self.y[idx]
-        return F.cross_entropy(logits.double(), y).item(), (logits.argmax(-1) == y).double().mean().item()
+        loss, correct = cross_entropy_per_row(logits_grid[self.rows[idx]], self.y[idx])
+        return loss.mean().item(), correct.double().mean().item()
 
 
-def neuron_ablation_effects(logits, hidden, W_U, grid, values, chunk: int = 8, progress=False):
+def neuron_ablation_effects(logits, hidden, W_U, grid, values, chunk: int = 4, progress=False):
     """Loss and accuracy on all data-set pairs when each neuron alone is set to `values[n]`.
 
     hidden_post feeds the logits linearly, so ablating neuron n changes the logits by
     (values[n] - hidden[:, n]) x W_U[n]; tests check this against the model's hooks."""
     rows, y = grid.rows, grid.y
-    base, h = logits[rows].double(), hidden[rows].double()  # (N, p), (N, d_hidden)
+    base, h = logits[rows].float(), hidden[rows].float()  # (N, p), (N, d_hidden)
     losses, accs = [], []
     for start in tqdm(range(0, h.shape[1], chunk), desc="single-neuron ablations", disable=not progress, leave=False):
         n = torch.arange(start, min(start + chunk, h.shape[1]))
-        delta = (values[n].double() - h[:, n]).T[:, :, None] * W_U[n].double()[:, None, :]  # (c, N, p)
-        ablated = base + delta
-        losses.append(-ablated.log_softmax(-1).gather(-1, y.expand(len(n), -1)[..., None]).squeeze(-1).mean(1))
-        accs.append((ablated.argmax(-1) == y).double().mean(1))
+        change = (values[n].float() - h[:, n]).T[:, :, None]  # (c, N, 1)
+        ablated = torch.baddbmm(base.expand(len(n), -1, -1), change, W_U[n].float()[:, None, :])  # (c, N, p)
+        loss, correct = cross_entropy_per_row(ablated, y)
+        losses.append(loss.mean(1))
+        accs.append(correct.double().mean(1))
     return torch.cat(losses), torch.cat(accs)
+
+
+def cross_entropy_per_row(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy (float64) of (..., N, p) logits against labels y (N,), and whether the correct
+    logit is strictly the largest.
+
+    Computed relative to the correct logit, loss = log(1 + sum_{c != y} exp(z_c - z_y)), with log1p
+    when the correct logit is the largest: this keeps full relative precision for tiny losses
+    (a trained model's are ~1e-6) even in float32, where log_softmax would round them away."""
+    index = y.expand(*logits.shape[:-1])[..., None]
+    diff = logits - logits.gather(-1, index)  # z_c - z_y
+    diff.scatter_(-1, index, float("-inf"))  # leave out c = y
+    top = diff.max(-1).values
+    shift = top.clamp_min(0)  # > 0 only where a wrong logit beats the correct one
+    rest = diff.sub_(shift[..., None]).exp_().sum(-1).double()
+    shift = shift.double()
+    loss = torch.where(shift > 0, shift + torch.log(torch.exp(-shift) + rest), torch.log1p(rest))
+    return loss, top < 0
 
 
 def rank_neurons(model, grid, progress=False) -> dict:
@@ -94,15 +112,14 @@ def ablation_curves(model, grid, causal_order, draws: int = 5, seed: int = 0) ->
     """Mean-ablate the top-k neurons (causal order) or k random ones; and keep only the top k or
     k random ones (mean-ablating the rest). Accuracy and loss on all pairs; random: mean and std."""
     logits, cache = model.run_with_cache(grid.a, grid.b)
-    hidden = cache["hidden_post"].double()
+    hidden = cache["hidden_post"]
     mean = hidden.mean(0)
-    W_U = model.W_U.double()
     d = hidden.shape[1]
     gen = torch.Generator().manual_seed(seed)
 
     def evaluate(ablate):  # logits with the neurons in `ablate` set to their mean
-        delta = (mean[ablate] - hidden[:, ablate]) @ W_U[ablate] if len(ablate) else 0.0
-        return grid.loss_acc(logits.double() + delta)
+        delta = (mean[ablate] - hidden[:, ablate]) @ model.W_U[ablate] if len(ablate) else 0.0
+        return grid.loss_acc(logits + delta)
 
     ks = sorted({k for k in ABLATION_KS if k <= d} | {d})
     out = {"k": ks}
@@ -266,8 +283,13 @@ def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Pat
     labels = [f"neuron {n} (rank {i + 1})\nfreq {f['neuron_frequency'][n]}, "
               f"{f['neuron_frequency_fraction'][n]:.0%} of var" for i, n in enumerate(neurons)]
     paths = [out / name for name in ("activation_heatmap.png", "neuron_ranking.png", "ablation_curves.png",
-                                     "fourier_spectrum.png", "neuron_clusters.png", "frequency_ablation.png")]
+                                     "fourier_spectrum.png", "neuron_clusters.png", "frequency_ablation.png",
+                                     "activation_overview.png")]
     plots.plot_neuron_heatmaps(hidden[..., neurons].permute(2, 0, 1).numpy(), labels, paths[0])
+    many = r["causal_order"][:64].tolist()
+    reindexed = [reindex_by_frequency(hidden[..., n], f["neuron_frequency"][n]) for n in many]
+    plots.plot_neuron_overview(torch.stack(reindexed).numpy(),
+                               [f"#{i + 1}: n{n}, k={f['neuron_frequency'][n]}" for i, n in enumerate(many)], paths[6])
     plots.plot_neuron_ranking(r["activation_variance"].numpy(), r["mean_ablation_loss_increase"].numpy(),
                               r["zero_ablation_loss_increase"].numpy(), r["agreement"], paths[1])
     plots.plot_ablation_curves(result["ablation_curves"], result["circuit_keep_acc"], result["circuit_size"],
@@ -278,6 +300,19 @@ def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Pat
                                f["key_frequencies"], paths[4])
     plots.plot_frequency_ablation(f["frequency_ablation"], result["losses"]["all"], paths[5])
     return paths
+
+
+def reindex_by_frequency(act: torch.Tensor, k: int) -> torch.Tensor:
+    """act (p, p) over (a, b), with rows and columns reordered so that row j holds a = j / k mod p:
+    then cos(w_k a) = cos(2 pi j / p), and a frequency-k neuron shows as one smooth wave.
+    Left as it is when k has no inverse mod p."""
+    p = act.shape[0]
+    try:
+        inverse = pow(k, -1, p)
+    except ValueError:
+        return act
+    order = (torch.arange(p) * inverse) % p
+    return act[order][:, order]
 
 
 def findings(summary: dict) -> list[str]:
@@ -293,8 +328,8 @@ def findings(summary: dict) -> list[str]:
                      f"({summary['structure']} structure); "
                      f"{sum(summary['neurons_per_key_frequency'].values())} neurons are tied to one of them.")
         lines.append(f"A sum of cos(w_k(a+b-c)) over them explains {summary['logit_variance_explained']:.0%} "
-                     f"of the logits' variance. Restricted loss (key directions only) "
-                     f"{summary['restricted_loss']:.3g} vs test loss {summary['test_loss']:.3g}; "
+                     f"of the logits' variance. Restricted loss (key directions only, all pairs) "
+                     f"{summary['restricted_loss']:.3g} vs {summary['losses']['all']['loss']:.3g} unrestricted; "
                      f"excluded loss (key directions removed, train set) {summary['excluded_loss']:.3g} "
                      f"vs train loss {summary['train_loss']:.3g}.")
     size = summary["circuit_size"]

@@ -60,8 +60,10 @@ class ToyMLP(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         table_a, table_b = self.token_tables()
+        # b_in is added to the small (p, d_hidden) table rather than to the (batch, d_hidden) sum;
         # F.embedding is the gather whose backward is fast on CPU (plain indexing's is ~4x slower).
-        hidden_post = self.act(F.embedding(a, table_a) + F.embedding(b, table_b) + self.b_in)  # (batch, d_hidden)
+        hidden_pre = F.embedding(a, table_a + self.b_in) + F.embedding(b, table_b)  # (batch, d_hidden)
+        hidden_post = self.act(hidden_pre)
         return hidden_post @ self.W_U + self.b_U  # (batch, p)
 
     def run_with_hooks(self, a, b, hooks: Hooks | None = None, cache: dict | None = None) -> torch.Tensor:

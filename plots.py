@@ -53,19 +53,37 @@ def plot_neuron_heatmaps(acts, labels, path, cols: int = 4) -> None:
     """acts: (n, p, p) activations of n neurons over (a, b); one heatmap each with its own colour bar."""
     n = len(acts)
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False, layout="constrained")
+    vmin, vmax = float(acts.min()), float(acts.max())  # one colour scale, so panels compare directly
     for ax, act, label in zip(axes.flat, acts, labels):
-        im = ax.imshow(act, origin="lower", cmap="viridis", aspect="equal")
+        im = ax.imshow(act, origin="lower", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(label, fontsize=8)
         ax.set_xlabel("b", fontsize=8)
         ax.set_ylabel("a", fontsize=8)
         ax.tick_params(labelsize=7)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
     for ax in axes.flat[n:]:
         ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.6, label="activation (hidden_post)")
     fig.suptitle("Activations of the most important neurons (causal rank) over all inputs (a, b)\n"
                  "stripes = the neuron responds to a periodic function of a, b or a + b", fontsize=11)
-    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_neuron_overview(acts, labels, path, cols: int = 8) -> None:
+    """Many neurons at a glance, each re-indexed by its own frequency; colours scaled per neuron."""
+    rows = max(1, -(-len(acts) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows + 1), squeeze=False, layout="constrained")
+    for ax, act, label in zip(axes.flat, acts, labels):
+        ax.imshow(act, origin="lower", cmap="viridis", interpolation="nearest")
+        ax.set_title(label, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.flat[len(acts):]:
+        ax.axis("off")
+    fig.supxlabel("b' = k·b mod p  (each panel re-indexed by its neuron's frequency k)", fontsize=9)
+    fig.supylabel("a' = k·a mod p", fontsize=9)
+    fig.suptitle("Top neurons by causal rank, inputs re-ordered so a frequency-k wave looks like frequency 1\n"
+                 "(colour: activation, yellow high, purple low, scaled per panel)", fontsize=10)
     _save(fig, path)
 
 

@@ -17,24 +17,48 @@ from train import Config, train
 from utils import provenance, write_json
 
 
-def sweep(primes, seeds, base: Config = Config()) -> list[dict]:
+def sweep(primes, seeds, base: Config = Config(), analyze: bool = False) -> list[dict]:
+    """Train each (p, seed); with analyze, also run interpretability.run and progress.run on it."""
     rows = []
     runs = [(p, s) for p in primes for s in seeds]
     for p, seed in tqdm(runs, desc="sweep", unit="run"):
         with tempfile.TemporaryDirectory() as tmp:
             cfg = replace(base, p=p, seed=seed, checkpoint_dir=f"{tmp}/checkpoints", results_dir=f"{tmp}/results")
             s = train(cfg, progress=False)
-        rows.append({k: s[k] for k in ("memorization_epoch", "grokking_epoch", "grokking_delay", "epochs_run",
-                                       "final_train_acc", "final_test_acc", "final_test_loss", "wall_seconds",
-                                       "ms_per_step")} | {"p": p, "seed": seed})
-        tqdm.write(format_row(rows[-1]))
+            row = {k: s[k] for k in ("memorization_epoch", "grokking_epoch", "grokking_delay", "seconds_to_grok",
+                                     "epochs_run", "final_train_acc", "final_test_acc", "final_test_loss",
+                                     "wall_seconds", "ms_per_step")} | {"p": p, "seed": seed}
+            if analyze:
+                row |= analysis_row(cfg)
+        rows.append(row)
+        tqdm.write(format_row(row))
     return rows
+
+
+def analysis_row(cfg: Config) -> dict:
+    import interpretability
+    import progress
+
+    summary, _ = interpretability.run(f"{cfg.checkpoint_dir}/model_final.pth", cfg.results_dir, progress=False)
+    replay = progress.run(cfg.checkpoint_dir, cfg.results_dir, progress=False)
+    keep = ("key_frequencies", "key_frequency_power_fraction", "circuit_size", "restricted_loss", "excluded_loss",
+            "train_loss", "test_loss", "logit_variance_explained", "neurons_unassigned")
+    row = {k: summary[k] for k in keep} | replay["phases"]
+    row["ranking_spearman"] = summary["neuron_importance"]["ranking_agreement"]["spearman"]
+    row["worst_key_frequency_ablation_acc"] = min(r["acc"] for r in summary["frequency_ablation"][:-1])
+    row["non_key_ablation_acc"] = summary["frequency_ablation"][-1]["acc"]
+    return row
 
 
 def format_row(r: dict) -> str:
     delay = f"{r['grokking_delay']:5.1f}x" if r["grokking_delay"] else "  none"
-    return (f"p {r['p']:4d} seed {r['seed']:2d} | memorized {r['memorization_epoch']} | grokked {r['grokking_epoch']} "
+    line = (f"p {r['p']:4d} seed {r['seed']:2d} | memorized {r['memorization_epoch']} | grokked {r['grokking_epoch']} "
             f"({delay}) | final test acc {r['final_test_acc']:.1%} | {r['epochs_run']} epochs, {r['wall_seconds']:.1f} s")
+    if "key_frequencies" in r:
+        line += (f" | keys {r['key_frequencies']} ({r['key_frequency_power_fraction']:.0%}) | circuit "
+                 f"{r['circuit_size']} | restricted {r['restricted_loss']:.2g} excluded {r['excluded_loss']:.2g} | "
+                 f"logit var {r['logit_variance_explained']:.1%} | clean-up from {r['cleanup_start']}")
+    return line
 
 
 def mean_std(values) -> str:
@@ -48,9 +72,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Grokking epochs over seeds and primes (defaults otherwise).")
     parser.add_argument("--primes", type=int, nargs="+", default=[113], help="moduli to train on")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="init seeds")
+    parser.add_argument("--analyze", action="store_true", help="also run the analysis and progress measures")
     parser.add_argument("--out", default="results/sweep.json", help="where to write the table")
     args = parser.parse_args(argv)
-    rows = sweep(args.primes, args.seeds)
+    rows = sweep(args.primes, args.seeds, analyze=args.analyze)
     print("\n   p | memorization epoch | grokking epoch | delay (grok/mem) | min delay | final test acc | wall s")
     for p in args.primes:
         rs = [r for r in rows if r["p"] == p]
@@ -59,6 +84,18 @@ def main(argv=None) -> int:
               f"{mean_std(r['grokking_epoch'] for r in rs):>14} | {mean_std(delays):>16} | "
               f"{min((d for d in delays if d), default=0):9.1f} | "
               f"{min(r['final_test_acc'] for r in rs):14.1%} | {mean_std(r['wall_seconds'] for r in rs)}")
+    if args.analyze:
+        print("\n   p | key frequencies (count) | their power share | circuit size | restricted loss | "
+              "excluded loss | logit variance explained | clean-up starts")
+        for p in args.primes:
+            rs = [r for r in rows if r["p"] == p]
+            print(f"{p:4d} | {mean_std(len(r['key_frequencies']) for r in rs):>23} | "
+                  f"{mean_std(100 * r['key_frequency_power_fraction'] for r in rs):>16}% | "
+                  f"{mean_std(r['circuit_size'] for r in rs):>12} | "
+                  f"{min(r['restricted_loss'] for r in rs):.1e}-{max(r['restricted_loss'] for r in rs):.1e} | "
+                  f"{mean_std(r['excluded_loss'] for r in rs):>13} | "
+                  f"{mean_std(100 * r['logit_variance_explained'] for r in rs):>23}% | "
+                  f"{mean_std(r['cleanup_start'] for r in rs)}")
     write_json(args.out, {"runs": rows, "config": vars(args), **provenance()})
     print(f"wrote {args.out}")
     return 0

@@ -54,7 +54,7 @@ class Config:
     seed: int = _f(0, "seed of the model's initialisation and batch order", "optimisation")
     # bookkeeping
     device: str = _f("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "bookkeeping")
-    eval_every: int = _f(10, "evaluate (and log one line) every N epochs", "bookkeeping")
+    eval_every: int = _f(5, "evaluate (and log one line) every N epochs", "bookkeeping")
     checkpoint_every: int = _f(500, "write the resumable checkpoints/latest.pth every N epochs", "bookkeeping")
     snapshot_every: int = _f(25, "model snapshot every N epochs (plus log-spaced ones before that)", "bookkeeping")
     checkpoint_dir: str = _f("checkpoints", "folder for checkpoints", "bookkeeping")

@@ -187,3 +187,22 @@ def test_cli_missing_and_foreign_checkpoints(tmp_path):
     out = run_cli("--checkpoint", str(tmp_path / "corrupt.pth"), "--results-dir", str(tmp_path / "res"))
     assert out.returncode == 2 and "not a readable checkpoint" in out.stderr
     assert not (tmp_path / "res").exists()
+
+
+def test_precise_cross_entropy_matches_float64_reference():
+    from interpretability import cross_entropy_per_row
+
+    torch.manual_seed(3)
+    y = torch.randint(0, 11, (50,))
+    for scale in (1.0, 10.0, 30.0):  # ordinary losses, and a confident model's tiny ones (~1e-13)
+        logits = torch.randn(2, 50, 11, dtype=torch.float64) * 3
+        logits.scatter_add_(-1, y.expand(2, -1)[..., None], torch.full((2, 50, 1), scale, dtype=torch.float64))
+        ours = cross_entropy_per_row(logits.float(), y)[0].reshape(-1)
+        if scale < 30:
+            reference = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), y.repeat(2), reduction="none")
+        else:  # float64 log_softmax itself loses these; use -log softmax_y = log(1 + sum_{c!=y} e^(z_c - z_y))
+            reference = torch.tensor([math.log1p(sum(math.exp(z[c] - z[t]) for c in range(11) if c != t))
+                                      for z, t in zip(logits.reshape(-1, 11).tolist(), y.repeat(2).tolist())],
+                                     dtype=torch.float64)
+            assert reference.max() < 1e-7  # below float32 log_softmax resolution (~2e-6 here)
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=0)
