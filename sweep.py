@@ -9,11 +9,11 @@ import argparse
 import statistics
 import sys
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 
 from tqdm import tqdm
 
-from train import Config, train
+from train import Config, NonFiniteLoss, train
 from utils import provenance, write_json
 
 
@@ -24,7 +24,12 @@ def sweep(primes, seeds, base: Config = Config(), analyze: bool = False) -> list
     for p, seed in tqdm(runs, desc="sweep", unit="run"):
         with tempfile.TemporaryDirectory() as tmp:
             cfg = replace(base, p=p, seed=seed, checkpoint_dir=f"{tmp}/checkpoints", results_dir=f"{tmp}/results")
-            s = train(cfg, progress=False)
+            try:
+                s = train(cfg, progress=False)
+            except NonFiniteLoss:
+                rows.append({"p": p, "seed": seed, "diverged": True})
+                tqdm.write(f"p {p:4d} seed {seed:2d} | diverged (non-finite loss)")
+                continue
             row = {k: s[k] for k in ("memorization_epoch", "grokking_epoch", "grokking_delay", "seconds_to_grok",
                                      "epochs_run", "final_train_acc", "final_test_acc", "final_test_loss",
                                      "wall_seconds", "ms_per_step")} | {"p": p, "seed": seed}
@@ -72,13 +77,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Grokking epochs over seeds and primes (defaults otherwise).")
     parser.add_argument("--primes", type=int, nargs="+", default=[113], help="moduli to train on")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="init seeds")
+    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="override train.py settings for every run, e.g. --set lr=0.01 weight_decay=3")
     parser.add_argument("--analyze", action="store_true", help="also run the analysis and progress measures")
     parser.add_argument("--out", default="results/sweep.json", help="where to write the table")
     args = parser.parse_args(argv)
-    rows = sweep(args.primes, args.seeds, analyze=args.analyze)
+    types = {f.name: f.type for f in fields(Config)}
+    try:
+        overrides = {name: types[name](value) for name, value in (item.split("=", 1) for item in args.set)}
+    except (KeyError, ValueError):
+        parser.error(f"--set takes NAME=VALUE pairs with names from train.py's Config, got {args.set}")
+    rows = sweep(args.primes, args.seeds, base=replace(Config(), **overrides), analyze=args.analyze)
     print("\n   p | memorization epoch | grokking epoch | delay (grok/mem) | min delay | final test acc | wall s")
     for p in args.primes:
-        rs = [r for r in rows if r["p"] == p]
+        rs = [r for r in rows if r["p"] == p and not r.get("diverged")]
+        if not rs:
+            print(f"{p:4d} | every run diverged")
+            continue
         delays = [r["grokking_delay"] for r in rs]
         print(f"{p:4d} | {mean_std(r['memorization_epoch'] for r in rs):>18} | "
               f"{mean_std(r['grokking_epoch'] for r in rs):>14} | {mean_std(delays):>16} | "
@@ -88,7 +103,7 @@ def main(argv=None) -> int:
         print("\n   p | key frequencies (count) | their power share | circuit size | restricted loss | "
               "excluded loss | logit variance explained | clean-up starts")
         for p in args.primes:
-            rs = [r for r in rows if r["p"] == p]
+            rs = [r for r in rows if r["p"] == p and not r.get("diverged")]
             print(f"{p:4d} | {mean_std(len(r['key_frequencies']) for r in rs):>23} | "
                   f"{mean_std(100 * r['key_frequency_power_fraction'] for r in rs):>16}% | "
                   f"{mean_std(r['circuit_size'] for r in rs):>12} | "
@@ -96,7 +111,8 @@ def main(argv=None) -> int:
                   f"{mean_std(r['excluded_loss'] for r in rs):>13} | "
                   f"{mean_std(100 * r['logit_variance_explained'] for r in rs):>23}% | "
                   f"{mean_std(r['cleanup_start'] for r in rs)}")
-    write_json(args.out, {"runs": rows, "config": vars(args), **provenance()})
+    write_json(args.out, {"runs": rows, "config": vars(args) | {"base": asdict(replace(Config(), **overrides))},
+                          **provenance()})
     print(f"wrote {args.out}")
     return 0
 
