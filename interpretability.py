@@ -17,7 +17,7 @@ import fourier
 import plots
 from checkpoint import CheckpointError, load_model
 from dataset import make_table
-from model import patch
+from model import cross_entropy_per_row, patch
 from utils import provenance, write_json
 
 ABLATION_KS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -55,24 +55,6 @@ def neuron_ablation_effects(logits, hidden, W_U, grid, values, chunk: int = 4, p
         losses.append(loss.mean(1))
         accs.append(correct.double().mean(1))
     return torch.cat(losses), torch.cat(accs)
-
-
-def cross_entropy_per_row(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy (float64) of (..., N, p) logits against labels y (N,), and whether the correct
-    logit is strictly the largest.
-
-    Computed relative to the correct logit, loss = log(1 + sum_{c != y} exp(z_c - z_y)), with log1p
-    when the correct logit is the largest: this keeps full relative precision for tiny losses
-    (a trained model's are ~1e-6) even in float32, where log_softmax would round them away."""
-    index = y.expand(*logits.shape[:-1])[..., None]
-    diff = logits - logits.gather(-1, index)  # z_c - z_y
-    diff.scatter_(-1, index, float("-inf"))  # leave out c = y
-    top = diff.max(-1).values
-    shift = top.clamp_min(0)  # > 0 only where a wrong logit beats the correct one
-    rest = diff.sub_(shift[..., None]).exp_().sum(-1).double()
-    shift = shift.double()
-    loss = torch.where(shift > 0, shift + torch.log(torch.exp(-shift) + rest), torch.log1p(rest))
-    return loss, top < 0
 
 
 def rank_neurons(model, grid, progress=False) -> dict:

@@ -88,18 +88,19 @@ def plot_neuron_overview(acts, labels, path, cols: int = 8) -> None:
 
 
 def plot_neuron_ranking(variance, mean_increase, zero_increase, agreement, path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    floor = 1e-9  # log axes: smaller (or negative) increases are drawn at this floor
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"wspace": 0.3})
     ax = axes[0]
-    ax.scatter(variance, mean_increase.clip(min=1e-8), s=10, alpha=0.7)
+    ax.scatter(variance, mean_increase.clip(min=floor), s=10, alpha=0.7)
     ax.set(xscale="log", yscale="log", xlabel="activation variance over all inputs (log scale)",
-           ylabel="loss increase when mean-ablated (log scale)",
+           ylabel=f"loss increase when mean-ablated (log; < {floor:g} drawn at it)",
            title=f"Activation vs causal importance per neuron\nSpearman {agreement['spearman']:.2f}, "
                  f"top-10 overlap {agreement['top10_overlap']:.0%}")
     ax = axes[1]
     rank = range(1, len(mean_increase) + 1)
-    ax.plot(rank, sorted(mean_increase, reverse=True), label="mean ablation")
-    ax.plot(rank, sorted(zero_increase, reverse=True), label="zero ablation")
-    ax.set(xscale="log", yscale="symlog", xlabel="neuron rank (log scale)", ylabel="loss increase (symlog)",
+    ax.plot(rank, sorted(mean_increase.clip(min=floor), reverse=True), label="mean ablation")
+    ax.plot(rank, sorted(zero_increase.clip(min=floor), reverse=True), label="zero ablation")
+    ax.set(xscale="log", yscale="log", xlabel="neuron rank (log scale)", ylabel="loss increase (log scale)",
            title="Single-neuron ablation: loss increase, sorted")
     ax.legend()
     for ax in axes:

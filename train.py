@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dataset import OPS, SYMBOLS, check_args, make_data
-from model import ACTIVATIONS, ToyMLP
+from model import ACTIVATIONS, ToyMLP, cross_entropy_per_row
 from plots import plot_training_curves
 from utils import provenance, resolve_device, write_json
 
@@ -119,9 +119,9 @@ def evaluate(model, data) -> dict:
     out = {}
     for split in ("train", "test"):
         a, b, y = data.subset(split)
-        logits = model(a, b)
-        out[f"{split}_loss"] = F.cross_entropy(logits, y).item()
-        out[f"{split}_acc"] = (logits.argmax(-1) == y).float().mean().item()
+        loss, correct = cross_entropy_per_row(model(a, b), y)  # precise even for losses ~1e-7
+        out[f"{split}_loss"] = loss.mean().item()
+        out[f"{split}_acc"] = correct.double().mean().item()
     out["weight_norm"] = sum(float((w.double() ** 2).sum()) for w in model.parameters())
     return out
 

@@ -190,7 +190,7 @@ def test_cli_missing_and_foreign_checkpoints(tmp_path):
 
 
 def test_precise_cross_entropy_matches_float64_reference():
-    from interpretability import cross_entropy_per_row
+    from model import cross_entropy_per_row
 
     torch.manual_seed(3)
     y = torch.randint(0, 11, (50,))
