@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     results = Path(cfg.results_dir)
     print(f"\nWhat happened (in {time.perf_counter() - start:.0f} s):")
     print(f"- The network memorized its {cfg.train_frac:.0%} training pairs by epoch {t['memorization_epoch']} "
-          f"(train accuracy >= 99%) while test accuracy stayed near chance.")
+          f"(train accuracy >= 99%) while test accuracy stayed near zero.")
     print(f"- It generalized (test accuracy >= 99%) only at epoch {t['grokking_epoch']}, "
           f"{t['grokking_delay']:.0f}x later: grokking. Final test accuracy {t['final_test_acc']:.1%}.")
     print(f"- {progress.describe(replay)}")

@@ -65,7 +65,8 @@ def plot_neuron_heatmaps(acts, labels, path, cols: int = 4) -> None:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.6, label="activation (hidden_post)")
     fig.suptitle("Activations of the most important neurons (causal rank) over all inputs (a, b)\n"
-                 "stripes = the neuron responds to a periodic function of a, b or a + b", fontsize=11)
+                 "fine periodic grids: each neuron follows one frequency k (activation_overview.png re-orders "
+                 "the inputs so that it shows as one smooth wave)", fontsize=10)
     _save(fig, path)
 
 
