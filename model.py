@@ -134,6 +134,11 @@ def cross_entropy_per_row(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.
     return loss, top < 0
 
 
+def sum_squared_weights(model: nn.Module) -> float:
+    """The weight norm used throughout: sum over every parameter of w**2 (in float64)."""
+    return sum(float((w.detach().double() ** 2).sum()) for w in model.parameters())
+
+
 MODELS = {"mlp": ToyMLP}
 
 

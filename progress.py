@@ -22,8 +22,9 @@ import torch
 from tqdm import tqdm
 
 import fourier
-from checkpoint import CheckpointError, load_checkpoint, load_model
+from checkpoint import CheckpointError, load_model
 from interpretability import Grid, model_key_frequencies
+from model import sum_squared_weights
 from plots import plot_progress_measures
 from utils import provenance, write_json
 
@@ -41,7 +42,7 @@ def snapshot_measures(model, grid: Grid, keys: list[int]) -> dict:
             "restricted_loss": grid.loss_acc(restricted, "all")[0],
             "excluded_loss": grid.loss_acc(excluded, "train")[0],
             "fourier_gini": fourier.gini(fourier.power_per_frequency(model.W_E)),
-            "weight_norm": sum(float((w.double() ** 2).sum()) for w in model.parameters()),
+            "weight_norm": sum_squared_weights(model),
         }
 
 
@@ -57,7 +58,7 @@ def phase_boundaries(epochs, train_acc, test_loss) -> dict:
 
 
 def progress_measures(snapshot_paths, keys: list[int], progress: bool = True) -> dict:
-    """Measures for every snapshot (sorted by epoch); keys: the key frequencies to restrict to."""
+    """Series of measures over the snapshots (sorted by epoch); keys: the key frequencies to restrict to."""
     series: dict[str, list] = {"epoch": []}
     grid = None
     for path in tqdm(snapshot_paths, desc="progress measures", unit="snapshot", disable=not progress):
@@ -69,8 +70,7 @@ def progress_measures(snapshot_paths, keys: list[int], progress: bool = True) ->
         for key, value in snapshot_measures(model, grid, keys).items():
             series.setdefault(key, []).append(value)
     order = sorted(range(len(series["epoch"])), key=series["epoch"].__getitem__)
-    series = {k: [v[i] for i in order] for k, v in series.items()}
-    return {"series": series, "phases": phase_boundaries(series["epoch"], series["train_acc"], series["test_loss"])}
+    return {k: [v[i] for i in order] for k, v in series.items()}
 
 
 def run(checkpoint_dir="checkpoints", results_dir="results", progress=True) -> dict:
@@ -82,9 +82,9 @@ def run(checkpoint_dir="checkpoints", results_dir="results", progress=True) -> d
     paths = sorted((Path(checkpoint_dir) / "snapshots").glob("epoch_*.pth"))
     if not paths:
         raise CheckpointError(f"no snapshots in {Path(checkpoint_dir) / 'snapshots'}: run `python train.py` first")
-    result = progress_measures(paths, keys, progress)
     history = ckpt["history"]  # evaluated every few epochs: finer than the snapshots for the phase rule
-    result["phases"] = phase_boundaries(history["epoch"], history["train_acc"], history["test_loss"])
+    result = {"series": progress_measures(paths, keys, progress),
+              "phases": phase_boundaries(history["epoch"], history["train_acc"], history["test_loss"])}
     grokked = next((e for e, a in zip(history["epoch"], history["test_acc"]) if a >= 0.99), None)
     result |= {"key_frequencies": keys, "grokking_epoch": grokked, "checkpoint_dir": str(checkpoint_dir),
                "config": cfg, **provenance()}

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dataset import OPS, SYMBOLS, check_args, make_data
-from model import ACTIVATIONS, ToyMLP, cross_entropy_per_row
+from model import ACTIVATIONS, ToyMLP, cross_entropy_per_row, sum_squared_weights
 from plots import plot_training_curves
 from utils import provenance, resolve_device, write_json
 
@@ -105,7 +105,7 @@ def validate(cfg: Config) -> None:
 
 
 def snapshot_epochs(max_epoch: int, every: int) -> set[int]:
-    """Log-spaced epochs (0, 1, 2, 3, 5, 8, 12, ...) below `every`, then every `every` epochs:
+    """Log-spaced epochs (0, 1, 2, 3, 5, 7, 11, 17, ...) below `every`, then every `every` epochs:
     memorization happens in the first few dozen epochs, grokking hundreds later."""
     epochs, e = {0}, 1.0
     while e < every:
@@ -122,7 +122,7 @@ def evaluate(model, data) -> dict:
         loss, correct = cross_entropy_per_row(model(a, b), y)  # precise even for losses ~1e-7
         out[f"{split}_loss"] = loss.mean().item()
         out[f"{split}_acc"] = correct.double().mean().item()
-    out["weight_norm"] = sum(float((w.double() ** 2).sum()) for w in model.parameters())
+    out["weight_norm"] = sum_squared_weights(model)
     return out
 
 
