@@ -50,7 +50,7 @@ def power_per_frequency(table: torch.Tensor) -> torch.Tensor:
 def key_frequencies(power: torch.Tensor) -> list[int]:
     """The frequencies whose power is at least KEY_RATIO times the median frequency's power.
 
-    A random matrix spreads power evenly (max / median ~ 1.3 for p = 113), so this selects nothing;
+    A random ToyMLP spreads power evenly (max / median 1.16-1.34 for p = 113), so this selects nothing;
     a trained or hand-built Fourier circuit puts almost all power in a few frequencies. (A floor of
     1e-6 of the total keeps rounding noise out when the median is exactly zero.)"""
     if len(power) < 3 or power.sum() <= 0:

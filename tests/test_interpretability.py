@@ -206,3 +206,17 @@ def test_precise_cross_entropy_matches_float64_reference():
                                      dtype=torch.float64)
             assert reference.max() < 1e-7  # below float32 log_softmax resolution (~2e-6 here)
         torch.testing.assert_close(ours, reference, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("p, op", [(7, "div"), (12, "add"), (11, "sub"), (11, "mul")])
+def test_analysis_runs_for_every_op_and_even_p(p, op):
+    """div leaves b = 0 out of the data set; an even p has a Nyquist frequency without a sine."""
+    torch.manual_seed(0)
+    model = ToyMLP(p, d_embed=8, d_hidden=16).eval()
+    grid = full_grid(p, op, train_frac=0.5)
+    assert len(grid.y) == (p * (p - 1) if op == "div" else p * p)
+    with torch.no_grad():
+        result = analyze(model, grid, draws=2)
+    assert result["fourier"]["key_frequencies"] == []
+    assert len(result["circuit_keep_acc"]) == 17
+    assert 0 <= result["losses"]["all"]["acc"] <= 1 and math.isfinite(result["losses"]["test"]["loss"])
