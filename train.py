@@ -165,6 +165,17 @@ class _DeferredInterrupt:
         signal.signal(signal.SIGINT, self.previous)
 
 
+def restore(resume: dict, data, model, optimizer, batch_gen) -> tuple[dict, int, float]:
+    """Load a resumable checkpoint's state in place; returns (history, epoch, step seconds so far)."""
+    if not torch.equal(resume["train_idx"], data.train_idx.cpu()):
+        raise CheckpointError("the checkpoint's train/test split differs from the one its config builds")
+    model.load_state_dict(resume["model"], strict=True)
+    optimizer.load_state_dict(resume["optimizer"])
+    torch.set_rng_state(resume["rng"]["torch"])
+    batch_gen.set_state(resume["rng"]["batches"])
+    return resume["history"], resume["epoch"], resume["step_seconds"]
+
+
 def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dict:
     """Train with `cfg` (or continue the checkpoint `resume`); returns the summary dict."""
     device = resolve_device(cfg.device)
@@ -174,20 +185,13 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(cfg.beta1, cfg.beta2))
     batch_gen = torch.Generator().manual_seed(cfg.seed)  # batch order only (minibatch mode)
-    history = {k: [] for k in ("epoch", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm",
-                               "seconds")}  # seconds: wall time since the run began (all sessions)
-    start_epoch, step_seconds = 0, 0.0
     ckpt_dir = Path(cfg.checkpoint_dir)
     if resume is not None:
-        if not torch.equal(resume["train_idx"], data.train_idx.cpu()):
-            raise CheckpointError("the checkpoint's train/test split differs from the one its config builds")
-        model.load_state_dict(resume["model"], strict=True)
-        optimizer.load_state_dict(resume["optimizer"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        batch_gen.set_state(resume["rng"]["batches"])
-        history, start_epoch = resume["history"], resume["epoch"]
-        step_seconds = resume["step_seconds"]
+        history, start_epoch, step_seconds = restore(resume, data, model, optimizer, batch_gen)
     else:
+        history = {k: [] for k in ("epoch", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm",
+                                   "seconds")}  # seconds: wall time since the run began (all sessions)
+        start_epoch, step_seconds = 0, 0.0
         for old in (ckpt_dir / "snapshots").glob("epoch_*.pth"):
             old.unlink()  # snapshots of an earlier run would mix with this one's
 
@@ -219,9 +223,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
             bar.update(1)
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                 metrics = evaluate(model, data) | {"seconds": time.perf_counter() - wall_start}
-                history["epoch"].append(epoch)
-                for key, value in metrics.items():
-                    history[key].append(value)
+                record(history, epoch, metrics)
                 if progress:
                     bar.write(format_log_line(epoch, metrics))
                 bar.set_postfix(train=f"{metrics['train_acc']:.0%}", test=f"{metrics['test_acc']:.0%}")
@@ -244,11 +246,15 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     if epoch not in snapshots:  # the stop rule ended the run between scheduled snapshots
         save(ckpt_dir / "snapshots" / f"epoch_{epoch:05d}.pth", epoch)
     if history["epoch"][-1:] != [epoch]:  # stopped between evaluations
-        history["epoch"].append(epoch)
-        for key, value in (evaluate(model, data) | {"seconds": wall_seconds}).items():
-            history[key].append(value)
+        record(history, epoch, evaluate(model, data) | {"seconds": wall_seconds})
     save(ckpt_dir / "model_final.pth", epoch)
     return summarize(cfg, history, epoch, stopped, wall_seconds, step_seconds / (epoch * steps_per_epoch))
+
+
+def record(history: dict, epoch: int, metrics: dict) -> None:
+    history["epoch"].append(epoch)
+    for key, value in metrics.items():
+        history[key].append(value)
 
 
 def format_log_line(epoch: int, m: dict) -> str:
