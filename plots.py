@@ -140,10 +140,14 @@ def plot_fourier_spectrum(freqs, embed_power, hidden_a, hidden_b, keys, key_rati
                               (axes[1], [("operand a", hidden_a), ("operand b", hidden_b)],
                                "Input to the hidden neurons: power per frequency")):
         width = 0.8 / len(series)
+        lowest = 1.0
         for i, (name, power) in enumerate(series):
-            ax.bar([f + (i - (len(series) - 1) / 2) * width for f in freqs], power / power.sum(), width=width,
-                   label=name)
-        ax.set(xlabel="frequency k (w_k = 2πk/p)", ylabel="share of power (excluding the constant)", title=title)
+            share = power / power.sum()
+            lowest = min(lowest, float(share[share > 0].min()) if (share > 0).any() else 1.0)
+            ax.bar([f + (i - (len(series) - 1) / 2) * width for f in freqs], share, width=width, label=name)
+        # log scale: the key frequencies stand orders of magnitude above the rest
+        ax.set(xlabel="frequency k (w_k = 2πk/p)", ylabel="share of power, log scale (constant excluded)",
+               title=title, yscale="log", ylim=(max(lowest / 2, 1e-12), 1.5))
         for k in keys:
             ax.axvspan(k - 0.5, k + 0.5, color="tab:red", alpha=0.12)
         ax.grid(alpha=0.3, axis="y")
