@@ -35,11 +35,11 @@ def plot_training_curves(history: dict, memorization_epoch, grokking_epoch, path
     ax.plot(epochs, [100 * x for x in history["train_acc"]], color=TRAIN_COLOR, label="train")
     ax.plot(epochs, [100 * x for x in history["test_acc"]], color=TEST_COLOR, label="test")
     ax.set(xscale="log", xlabel="epoch (log scale)", ylabel="accuracy (%)", ylim=(-2, 102),
-           title="Accuracy: train first, test much later")
+           title="Accuracy (grokking: test rises long after train)")
     ax = axes[2]
     ax.plot(epochs, history["weight_norm"], color="tab:green")
     ax.set(xscale="log", xlabel="epoch (log scale)", ylabel="sum of squared weights",
-           title="Weight norm (falls during clean-up)")
+           title="Weight norm (falls in a grokking run's clean-up)")
     for ax in axes:
         _mark_epochs(ax, memorization_epoch, grokking_epoch)
         ax.grid(alpha=0.3, which="both")
