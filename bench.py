@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dataset import make_data
 from model import ToyMLP
-from train import Config, train, train_one_epoch
+from train import Config, make_optimizer, train, train_one_epoch
 from utils import provenance
 
 
@@ -38,11 +38,6 @@ class NaiveMLP(nn.Module):
     def forward(self, a, b):
         x = torch.cat([self.embed(a), self.embed(b)], dim=-1)
         return self.unembed(F.relu(self.hidden(x)))
-
-
-def adamw(model, cfg):
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             betas=(cfg.beta1, cfg.beta2))
 
 
 def time_ms(fn, repeats: int) -> float:
@@ -70,7 +65,7 @@ def step_timings(cfg: Config, rounds: int, steps: int) -> dict[str, list[float]]
     """Interleave the three loops round by round, so a busy moment hurts each about equally."""
     data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed)
     ours, naive = ToyMLP(cfg.p, cfg.d_embed, cfg.d_hidden), NaiveMLP(cfg.p, cfg.d_embed, cfg.d_hidden)
-    opt_ours, opt_naive = adamw(ours, cfg), adamw(naive, cfg)
+    opt_ours, opt_naive = make_optimizer(ours, cfg), make_optimizer(naive, cfg)
     a, b, y = data.subset("train")
 
     def naive_step():

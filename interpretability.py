@@ -160,8 +160,6 @@ def fourier_analysis(model, grid) -> dict:
     neuron_freq = best + 1
     assigned = [int(k) if int(k) in keys and f >= 0.5 else None for k, f in zip(neuron_freq, best_fraction)]
     explained, alphas = fourier.logit_fit(logits, keys, op)
-    restricted = fourier.restricted_logits(logits, keys, op)
-    excluded = fourier.excluded_logits(logits, keys, op)
     return {
         "frequencies": fourier.frequencies(p), "embed_power": embed_power, "hidden_power_a": hidden_power_a,
         "hidden_power_b": hidden_power_b, "key_frequencies": keys,
@@ -170,12 +168,18 @@ def fourier_analysis(model, grid) -> dict:
         "neuron_fractions": fractions, "neuron_frequency": neuron_freq.tolist(),
         "neuron_frequency_fraction": best_fraction.tolist(), "neuron_cluster": assigned,
         "logit_variance_explained": explained, "logit_alphas": alphas,
-        "restricted_loss": grid.loss_acc(restricted, "all")[0],
-        "restricted_acc": grid.loss_acc(restricted, "all")[1],
-        "excluded_loss": grid.loss_acc(excluded, "train")[0],
-        "excluded_acc": grid.loss_acc(excluded, "train")[1],
+        **key_frequency_losses(logits, grid, keys),
         "frequency_ablation": frequency_ablation(model, grid, keys),
     }
+
+
+def key_frequency_losses(logits, grid, keys: list[int]) -> dict:
+    """Nanda et al.'s restricted loss (key directions only, all pairs) and excluded loss (key
+    directions removed, training pairs), with the matching accuracies."""
+    restricted_loss, restricted_acc = grid.loss_acc(fourier.restricted_logits(logits, keys, grid.op), "all")
+    excluded_loss, excluded_acc = grid.loss_acc(fourier.excluded_logits(logits, keys, grid.op), "train")
+    return {"restricted_loss": restricted_loss, "restricted_acc": restricted_acc,
+            "excluded_loss": excluded_loss, "excluded_acc": excluded_acc}
 
 
 def frequency_ablation(model, grid, keys: list[int]) -> list[dict]:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import fourier
 from checkpoint import CheckpointError, load_model
-from interpretability import Grid, model_key_frequencies
+from interpretability import Grid, key_frequency_losses, model_key_frequencies
 from model import sum_squared_weights
 from plots import plot_progress_measures
 from utils import provenance, write_json
@@ -35,19 +35,17 @@ def snapshot_measures(model, grid: Grid, keys: list[int]) -> dict:
         logits = model(grid.a, grid.b)
         train_loss, train_acc = grid.loss_acc(logits, "train")
         test_loss, test_acc = grid.loss_acc(logits, "test")
-        restricted = fourier.restricted_logits(logits, keys, grid.op)
-        excluded = fourier.excluded_logits(logits, keys, grid.op)
+        key_losses = key_frequency_losses(logits, grid, keys)
         return {
             "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "restricted_loss": grid.loss_acc(restricted, "all")[0],
-            "excluded_loss": grid.loss_acc(excluded, "train")[0],
+            "restricted_loss": key_losses["restricted_loss"], "excluded_loss": key_losses["excluded_loss"],
             "fourier_gini": fourier.gini(fourier.power_per_frequency(model.W_E)),
             "weight_norm": sum_squared_weights(model),
         }
 
 
 def phase_boundaries(epochs, train_acc, test_loss) -> dict:
-    """Apply the phase rule of this module's docstring to per-snapshot series."""
+    """Apply the phase rule of this module's docstring to per-evaluation series."""
     memorized = next((e for e, a in zip(epochs, train_acc) if a >= 0.99), None)
     if memorized is None:
         return {"memorization_end": None, "cleanup_start": None}

@@ -165,6 +165,11 @@ class _DeferredInterrupt:
         signal.signal(signal.SIGINT, self.previous)
 
 
+def make_optimizer(model, cfg: Config) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             betas=(cfg.beta1, cfg.beta2))
+
+
 def restore(resume: dict, data, model, optimizer, batch_gen) -> tuple[dict, int, float]:
     """Load a resumable checkpoint's state in place; returns (history, epoch, step seconds so far)."""
     if not torch.equal(resume["train_idx"], data.train_idx.cpu()):
@@ -182,8 +187,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed).to(device)
     torch.manual_seed(cfg.seed)
     model = ToyMLP(cfg.p, cfg.d_embed, cfg.d_hidden, cfg.activation).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=(cfg.beta1, cfg.beta2))
+    optimizer = make_optimizer(model, cfg)
     batch_gen = torch.Generator().manual_seed(cfg.seed)  # batch order only (minibatch mode)
     ckpt_dir = Path(cfg.checkpoint_dir)
     if resume is not None:
