@@ -2,6 +2,7 @@
 
 Every file is a dict of tensors and plain data, loadable with torch.load(weights_only=True):
     format      FORMAT, so a loader can reject a file that is not ours
+    run_id      one random id per training run (kept on resume), so files of different runs never mix
     config      train.py's whole config (plain types); config["model"] rebuilds the model
     model       the model's state_dict
     epoch       epochs completed when the file was written
@@ -9,12 +10,12 @@ Every file is a dict of tensors and plain data, loadable with torch.load(weights
     train_idx, test_idx   the split, as indices into dataset.make_table(p, op)
     resumable files only: optimizer (state_dict), rng (torch and batch-order generator states)
 """
-import os
 from pathlib import Path
 
 import torch
 
 from model import build_model
+from utils import atomic_write
 
 FORMAT = "grokking-lab-checkpoint-v1"
 
@@ -24,16 +25,14 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(path, **fields) -> None:
-    """Write atomically: to a temporary file in the same folder, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **fields}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **fields}, tmp))
 
 
 def load_checkpoint(path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: pass a .pth file such as "
+                              f"{path / 'model_final.pth'}")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: run `python train.py` first")
     try:
@@ -57,3 +56,19 @@ def load_model(path, device="cpu"):
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path} does not fit its model config: {first_line}") from None
     return model.to(device).eval(), ckpt
+
+
+def same_run(reference: dict, other: dict, path) -> None:
+    """Raise CheckpointError unless `other` comes from the same run as `reference`: the same run id
+    (where both have one), p, op and split. Mixing runs would apply one model's findings to another."""
+    ref_cfg, cfg = reference["config"], other["config"]
+    differences = []
+    if reference.get("run_id") != other.get("run_id"):
+        differences.append(f"run id {reference.get('run_id')} vs {other.get('run_id')}")
+    differences += [f"{key} {ref_cfg.get(key)} vs {cfg.get(key)}" for key in ("p", "op")
+                    if ref_cfg.get(key) != cfg.get(key)]
+    if not differences and not torch.equal(reference["train_idx"], other["train_idx"]):
+        differences.append("a different train/test split")
+    if differences:
+        raise CheckpointError(f"{path} belongs to another run ({', '.join(differences)}): "
+                              "keep each run in its own --checkpoint-dir, or finish it with --resume")

@@ -47,15 +47,24 @@ def power_per_frequency(table: torch.Tensor) -> torch.Tensor:
     return power[1:]
 
 
+MIN_FREQUENCIES = 3  # with fewer frequencies (p <= 5) a median cannot single any out
+
+
+def key_threshold(power: torch.Tensor) -> float:
+    """The power a key frequency needs: KEY_RATIO x the median frequency's power (torch's median:
+    the lower middle value for an even count), at least 1e-6 of the total, which keeps rounding
+    noise out when the median is exactly zero."""
+    return max(KEY_RATIO * float(power.median()), 1e-6 * float(power.sum()))
+
+
 def key_frequencies(power: torch.Tensor) -> list[int]:
-    """The frequencies whose power is at least KEY_RATIO times the median frequency's power.
+    """The frequencies (1-based) whose power reaches key_threshold(power).
 
     A random ToyMLP spreads power evenly (max / median 1.16-1.34 for p = 113), so this selects nothing;
-    a trained or hand-built Fourier circuit puts almost all power in a few frequencies. (A floor of
-    1e-6 of the total keeps rounding noise out when the median is exactly zero.)"""
-    if len(power) < 3 or power.sum() <= 0:
+    a trained or hand-built Fourier circuit puts almost all power in a few frequencies."""
+    if len(power) < MIN_FREQUENCIES or power.sum() <= 0:
         return []
-    threshold = max(KEY_RATIO * float(power.median()), 1e-6 * float(power.sum()))
+    threshold = key_threshold(power)
     return [k + 1 for k in range(len(power)) if power[k] >= threshold]
 
 

@@ -18,7 +18,7 @@ import plots
 from checkpoint import CheckpointError, load_model
 from dataset import make_table
 from model import cross_entropy_per_row, patch
-from utils import provenance, write_json
+from utils import check_output_dir, provenance, write_json
 
 ABLATION_KS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -39,33 +39,36 @@ class Grid:
         return loss.mean().item(), correct.double().mean().item()
 
 
-def neuron_ablation_effects(logits, hidden, W_U, grid, values, chunk: int = 4, progress=False):
-    """Loss and accuracy on all data-set pairs when each neuron alone is set to `values[n]`.
+def ablated_logits(logits, hidden, readout, neurons, values) -> torch.Tensor:
+    """The logits with neurons' activations replaced by values[neurons] (their mean, or 0).
 
-    hidden_post feeds the logits linearly, so ablating neuron n changes the logits by
-    (values[n] - hidden[:, n]) x W_U[n]; tests check this against the model's hooks."""
-    rows, y = grid.rows, grid.y
-    base, h = logits[rows].float(), hidden[rows].float()  # (N, p), (N, d_hidden)
+    The neurons (hidden_post) feed the logits linearly through readout = model.neuron_readout(), so
+    this is the hooked forward pass (model.ablate_neurons) in one matmul; tests check they agree.
+    The one way every neuron ablation of the analysis is computed."""
+    neurons = torch.as_tensor(neurons, dtype=torch.long)
+    return logits + (values[neurons] - hidden[:, neurons]) @ readout[neurons]
+
+
+def neuron_ablation_effects(logits, hidden, readout, grid, values, progress=False):
+    """Loss and accuracy on all data-set pairs when each neuron alone is set to `values[n]`."""
+    logits, hidden = logits[grid.rows], hidden[grid.rows]
     losses, accs = [], []
-    for start in tqdm(range(0, h.shape[1], chunk), desc="single-neuron ablations", disable=not progress, leave=False):
-        n = torch.arange(start, min(start + chunk, h.shape[1]))
-        change = (values[n].float() - h[:, n]).T[:, :, None]  # (c, N, 1)
-        ablated = torch.baddbmm(base.expand(len(n), -1, -1), change, W_U[n].float()[:, None, :])  # (c, N, p)
-        loss, correct = cross_entropy_per_row(ablated, y)
-        losses.append(loss.mean(1))
-        accs.append(correct.double().mean(1))
-    return torch.cat(losses), torch.cat(accs)
+    for n in tqdm(range(hidden.shape[1]), desc="single-neuron ablations", disable=not progress, leave=False):
+        loss, correct = cross_entropy_per_row(ablated_logits(logits, hidden, readout, [n], values), grid.y)
+        losses.append(loss.mean())
+        accs.append(correct.double().mean())
+    return torch.stack(losses), torch.stack(accs)
 
 
 def rank_neurons(model, grid, progress=False) -> dict:
     """Rank neurons by activation variance over the grid and by the loss increase when each is
     mean-ablated (causal); zero-ablation effects are reported too."""
     logits, cache = model.run_with_cache(grid.a, grid.b)
-    hidden = cache["hidden_post"]
+    hidden, readout = cache["hidden_post"], model.neuron_readout()
     base_loss, base_acc = grid.loss_acc(logits)
     mean = hidden.mean(0)
-    mean_loss, mean_acc = neuron_ablation_effects(logits, hidden, model.W_U, grid, mean, progress=progress)
-    zero_loss, zero_acc = neuron_ablation_effects(logits, hidden, model.W_U, grid, torch.zeros_like(mean),
+    mean_loss, mean_acc = neuron_ablation_effects(logits, hidden, readout, grid, mean, progress=progress)
+    zero_loss, zero_acc = neuron_ablation_effects(logits, hidden, readout, grid, torch.zeros_like(mean),
                                                   progress=progress)
     variance = hidden.double().var(0)
     causal_order = torch.argsort(mean_loss - base_loss, descending=True)
@@ -94,14 +97,13 @@ def ablation_curves(model, grid, causal_order, draws: int = 5, seed: int = 0) ->
     """Mean-ablate the top-k neurons (causal order) or k random ones; and keep only the top k or
     k random ones (mean-ablating the rest). Accuracy and loss on all pairs; random: mean and std."""
     logits, cache = model.run_with_cache(grid.a, grid.b)
-    hidden = cache["hidden_post"]
+    hidden, readout = cache["hidden_post"], model.neuron_readout()
     mean = hidden.mean(0)
     d = hidden.shape[1]
     gen = torch.Generator().manual_seed(seed)
 
     def evaluate(ablate):  # logits with the neurons in `ablate` set to their mean
-        delta = (mean[ablate] - hidden[:, ablate]) @ model.W_U[ablate] if len(ablate) else 0.0
-        return grid.loss_acc(logits + delta)
+        return grid.loss_acc(ablated_logits(logits, hidden, readout, ablate, mean))
 
     ks = sorted({k for k in ABLATION_KS if k <= d} | {d})
     out = {"k": ks}
@@ -109,25 +111,23 @@ def ablation_curves(model, grid, causal_order, draws: int = 5, seed: int = 0) ->
         chosen = lambda order, k: order[:k] if mode == "ablate" else order[k:]  # noqa: E731
         top = [evaluate(chosen(causal_order, k)) for k in ks]
         rand = [[evaluate(chosen(torch.randperm(d, generator=gen), k)) for _ in range(draws)] for k in ks]
-        rand = torch.tensor(rand)  # (len(ks), draws, 2): loss, acc
+        rand = torch.tensor(rand)  # (len(ks), draws, 2): loss, acc; std: the spread of these draws (0 for one)
         out[mode] = {"top_loss": [t[0] for t in top], "top_acc": [t[1] for t in top],
-                     "random_loss_mean": rand[..., 0].mean(1).tolist(), "random_loss_std": rand[..., 0].std(1).tolist(),
-                     "random_acc_mean": rand[..., 1].mean(1).tolist(), "random_acc_std": rand[..., 1].std(1).tolist()}
+                     "random_loss_mean": rand[..., 0].mean(1).tolist(),
+                     "random_loss_std": rand[..., 0].std(1, correction=0).tolist(),
+                     "random_acc_mean": rand[..., 1].mean(1).tolist(),
+                     "random_acc_std": rand[..., 1].std(1, correction=0).tolist()}
     return out
 
 
 def circuit_size(model, grid, causal_order, threshold: float = 0.99) -> tuple[int | None, list[float]]:
     """Smallest k whose top-k neurons (causal order), with all others mean-ablated, keep accuracy
     >= threshold on all pairs. Also returns the accuracy for every k = 0..d_hidden."""
-    hidden_grid = model.run_with_cache(grid.a, grid.b)[1]["hidden_post"].double()
-    mean = hidden_grid.mean(0)  # over the whole grid, as everywhere here
-    hidden = hidden_grid[grid.rows]
-    W_U = model.W_U.double()
-    current = (model.b_U.double() + mean @ W_U).expand(len(hidden), -1).clone()  # every neuron at its mean
-    accs = [(current.argmax(-1) == grid.y).double().mean().item()]
-    for n in causal_order.tolist():
-        current += torch.outer(hidden[:, n] - mean[n], W_U[n])
-        accs.append((current.argmax(-1) == grid.y).double().mean().item())
+    logits, cache = model.run_with_cache(grid.a, grid.b)
+    hidden, readout = cache["hidden_post"], model.neuron_readout()
+    mean = hidden.mean(0)  # over the whole grid, as everywhere here
+    accs = [grid.loss_acc(ablated_logits(logits, hidden, readout, causal_order[k:], mean))[1]
+            for k in range(len(causal_order) + 1)]
     size = next((k for k, acc in enumerate(accs) if acc >= threshold), None)
     return size, accs
 
@@ -209,18 +209,27 @@ def analyze(model, grid, draws: int = 5, progress: bool = False) -> dict:
             "circuit_keep_acc": keep_accs, "fourier": fourier_analysis(model, grid)}
 
 
-def summarize(result: dict, checkpoint: str, config: dict) -> dict:
+def structure(f: dict) -> str:
+    """'clear', 'weak' or 'none'; 'not applicable' where p has too few frequencies for the rule."""
+    if len(f["frequencies"]) < fourier.MIN_FREQUENCIES:
+        return "not applicable"
+    if not f["key_frequencies"]:
+        return "none"
+    return "clear" if f["key_frequency_power_fraction"] >= fourier.STRONG_FRACTION else "weak"
+
+
+def summarize(result: dict, checkpoint: str, config: dict, run_id: str | None = None) -> dict:
     """The JSON-ready summary: plain numbers and lists only."""
     r, f = result["ranking"], result["fourier"]
     top = r["causal_order"][:20].tolist()
     return {
-        "checkpoint": checkpoint, "config": config, **provenance(),
+        "checkpoint": checkpoint, "run_id": run_id, "config": config, **provenance(),
         "losses": result["losses"],
         "key_frequencies": f["key_frequencies"],
         "key_frequency_power_fraction": f["key_frequency_power_fraction"],
-        "key_frequency_rule": f"hidden-input power >= {fourier.KEY_RATIO:g} x the median frequency's power",
-        "structure": "clear" if f["key_frequency_power_fraction"] >= fourier.STRONG_FRACTION else
-                     ("weak" if f["key_frequencies"] else "none"),
+        "key_frequency_rule": f"hidden-input power >= {fourier.KEY_RATIO:g} x the median frequency's power "
+                              f"(and >= 1e-6 of the total; needs >= {fourier.MIN_FREQUENCIES} frequencies)",
+        "structure": structure(f),
         "embed_key_power_fraction": f["embed_key_power_fraction"],
         "neuron_importance": {
             "top20_causal": top,
@@ -280,8 +289,9 @@ def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Pat
                               r["zero_ablation_loss_increase"].numpy(), r["agreement"], paths[1])
     plots.plot_ablation_curves(result["ablation_curves"], result["circuit_keep_acc"], result["circuit_size"],
                                result["losses"]["all"]["acc"], paths[2])
-    plots.plot_fourier_spectrum(f["frequencies"], f["embed_power"].numpy(), f["hidden_power_a"].numpy(),
-                                f["hidden_power_b"].numpy(), f["key_frequencies"], fourier.KEY_RATIO, paths[3])
+    hidden_power = f["hidden_power_a"] + f["hidden_power_b"]
+    plots.plot_fourier_spectrum(f["frequencies"], f["embed_power"].numpy(), hidden_power.numpy(), f["key_frequencies"],
+                                fourier.key_threshold(hidden_power), paths[3])
     plots.plot_neuron_clusters(f["neuron_fractions"].numpy(), f["neuron_frequency"], f["neuron_cluster"],
                                f["key_frequencies"], paths[4])
     plots.plot_frequency_ablation(f["frequency_ablation"], result["losses"]["all"], paths[5])
@@ -306,14 +316,18 @@ def findings(summary: dict) -> list[str]:
     keys, frac = summary["key_frequencies"], summary["key_frequency_power_fraction"]
     acc = summary["losses"]["test"]["acc"]
     lines = [f"Model: test accuracy {acc:.1%}, train accuracy {summary['losses']['train']['acc']:.1%}."]
-    if summary["structure"] == "none":
+    p, op = summary["config"]["p"], summary["config"]["op"]
+    if summary["structure"] == "not applicable":
+        lines.append(f"p = {p} has only {p // 2} frequencies: the key-frequency rule (power >= "
+                     f"{fourier.KEY_RATIO:g}x the median) needs at least {fourier.MIN_FREQUENCIES}, so it is not applied.")
+    elif summary["structure"] == "none":
         lines.append("No clear frequency structure found: no frequency stands out of the spectrum "
                      "(expected for an untrained or memorizing-only model).")
     else:
         lines.append(f"Key frequencies {keys} hold {frac:.0%} of the neurons' input power "
                      f"({summary['structure']} structure); "
                      f"{sum(summary['neurons_per_key_frequency'].values())} neurons are tied to one of them.")
-        lines.append(f"A sum of cos(w_k(a+b-c)) over them explains {summary['logit_variance_explained']:.0%} "
+        lines.append(f"A sum of cos(w_k(a{'-' if op == 'sub' else '+'}b-c)) over them explains {summary['logit_variance_explained']:.0%} "
                      f"of the logits' variance. Restricted loss (key directions only, all pairs) "
                      f"{summary['restricted_loss']:.3g} vs {summary['losses']['all']['loss']:.3g} unrestricted; "
                      f"excluded loss (key directions removed, train set) {summary['excluded_loss']:.3g} "
@@ -333,7 +347,7 @@ def run(checkpoint="checkpoints/model_final.pth", results_dir="results", draws: 
     result = analyze(model, grid, draws, progress=progress)
     steps.update()
     out = Path(results_dir)
-    summary = summarize(result, str(checkpoint), cfg)
+    summary = summarize(result, str(checkpoint), cfg, ckpt.get("run_id"))
     write_json(out / "analysis_summary.json", summary)
     write_json(out / "neuron_ranking.json", {"checkpoint": str(checkpoint), "neurons": neuron_table(result)})
     steps.update()
@@ -358,8 +372,9 @@ def main(argv=None) -> int:
         flags = ["--checkpoint-dir", str(Path(args.checkpoint).parent), "--results-dir", args.results_dir]
         return progress.main(flags + (["--quiet"] if args.quiet else []))
     try:
+        check_output_dir(args.results_dir, "--results-dir")
         summary, paths = run(args.checkpoint, args.results_dir, args.draws, progress=not args.quiet)
-    except CheckpointError as err:
+    except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n".join(findings(summary)))

@@ -49,6 +49,10 @@ class ToyMLP(nn.Module):
     def num_params(self) -> int:
         return sum(t.numel() for t in self.parameters())
 
+    def neuron_readout(self) -> torch.Tensor:
+        """(d_hidden, p): the linear map from the neurons (hidden_post) to the logits."""
+        return self.W_U
+
     def token_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each operand's contribution to hidden_pre, per token: (p, d_hidden) for a and for b.
 

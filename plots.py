@@ -133,26 +133,24 @@ def plot_ablation_curves(curves, keep_acc, circuit_size, base_acc, path) -> None
     _save(fig, path)
 
 
-def plot_fourier_spectrum(freqs, embed_power, hidden_a, hidden_b, keys, key_ratio, path) -> None:
+def plot_fourier_spectrum(freqs, embed_power, hidden_power, keys, threshold, path) -> None:
+    """Power per frequency of the embedding and of the neurons' input (both operands summed: what the
+    key-frequency rule reads), with the rule's threshold (absolute power, same units as hidden_power)."""
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
-    hidden = hidden_a + hidden_b
-    for ax, series, title in ((axes[0], [("embedding W_E", embed_power)], "Embedding: power per frequency"),
-                              (axes[1], [("operand a", hidden_a), ("operand b", hidden_b)],
-                               "Input to the hidden neurons: power per frequency")):
-        width = 0.8 / len(series)
-        lowest = 1.0
-        for i, (name, power) in enumerate(series):
-            share = power / power.sum()
-            lowest = min(lowest, float(share[share > 0].min()) if (share > 0).any() else 1.0)
-            ax.bar([f + (i - (len(series) - 1) / 2) * width for f in freqs], share, width=width, label=name)
+    for ax, power, name, title in ((axes[0], embed_power, "embedding W_E", "Embedding: power per frequency"),
+                                   (axes[1], hidden_power, "operands a + b",
+                                    "Input to the hidden neurons: power per frequency")):
+        share = power / power.sum()
+        lowest = float(share[share > 0].min()) if (share > 0).any() else 1.0
+        ax.bar(freqs, share, width=0.8, label=name)
         # log scale: the key frequencies stand orders of magnitude above the rest
         ax.set(xlabel="frequency k (w_k = 2πk/p)", ylabel="share of power, log scale (constant excluded)",
                title=title, yscale="log", ylim=(max(lowest / 2, 1e-12), 1.5))
         for k in keys:
             ax.axvspan(k - 0.5, k + 0.5, color="tab:red", alpha=0.12)
         ax.grid(alpha=0.3, axis="y")
-    threshold = key_ratio * float(sorted(hidden)[len(hidden) // 2]) / hidden.sum()
-    axes[1].axhline(threshold, color="tab:red", ls="--", lw=1, label=f"key threshold ({key_ratio:g}× median)")
+    axes[1].axhline(threshold / hidden_power.sum(), color="tab:red", ls="--", lw=1,
+                    label="key-frequency threshold (the rule in analysis_summary.json)")
     for ax in axes:
         ax.legend(fontsize=8, title=f"key frequencies (shaded): {keys or 'none'}", title_fontsize=8,
                   loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
@@ -219,9 +217,11 @@ def plot_progress_measures(series, phases, grokking_epoch, keys, path) -> None:
     ax.plot(epochs, series["weight_norm"], color="tab:green", marker=".")
     ax.set(ylabel="sum of squared weights", title="Weight norm")
     end = epochs[-1]
-    spans = [("memorization", 0, phases["memorization_end"]),
-             ("circuit formation", phases["memorization_end"], phases["cleanup_start"] or end),
-             ("clean-up", phases["cleanup_start"], end if phases["cleanup_start"] is not None else None)]
+    memorized, start = phases["memorization_end"], phases["cleanup_start"]
+    spans = [("memorization", 0, memorized)]
+    if phases.get("generalized"):  # no phase after memorization is named for a run that did not generalize
+        spans += [("circuit formation", memorized, start if start is not None else end),
+                  ("clean-up", start, (phases["cleanup_end"] or end) if start is not None else None)]
     for ax in axes.flat:
         for name, start, stop in spans:
             if start is not None and stop is not None:

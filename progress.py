@@ -7,12 +7,15 @@ Per snapshot: train/test loss and accuracy, restricted and excluded loss (with t
 key frequencies), the Gini coefficient of the embedding's Fourier power, and the sum of squared
 weights. Writes results/progress_measures.{png,json}.
 
-Phase rule (also in the README):
-  memorization        epoch 0 until train accuracy first reaches 99%;
-  circuit formation   from there until clean-up starts;
-  clean-up            from the first evaluation after memorization whose test loss is below half of
-                      its highest value after memorization, to the end of the run.
-The rule is applied to the training history in model_final.pth (evaluated every --eval-every epochs).
+Phase rule (also in the README), from the progress measures as Nanda et al. describe the phases:
+  memorization        epoch 0 until train accuracy first reaches 99% (M, from the training history);
+  circuit formation   from M until clean-up starts; the train loss stays low while the excluded loss rises;
+  clean-up            from the first snapshot after M at which the restricted loss has fallen to half
+                      its highest value since M while the weight norm falls, until the first snapshot at
+                      which the weight norm stops falling (or the end of the run, if it never does).
+A run whose test accuracy never reaches 99% did not generalize: no phase after memorization is named.
+Onsets: for each measure, the first snapshot after M at which it has moved by a factor ONSET_FACTOR
+from its extreme since M (excluded loss and Gini up, restricted and test loss down): which moves first.
 """
 import argparse
 import sys
@@ -22,11 +25,14 @@ import torch
 from tqdm import tqdm
 
 import fourier
-from checkpoint import CheckpointError, load_model
+from checkpoint import CheckpointError, load_model, same_run
 from interpretability import Grid, key_frequency_losses, model_key_frequencies
 from model import sum_squared_weights
 from plots import plot_progress_measures
-from utils import provenance, write_json
+from utils import check_output_dir, first_epoch_at, provenance, write_json
+
+ONSET_FACTOR = 2.0
+ONSETS = {"excluded_loss": "up", "fourier_gini": "up", "restricted_loss": "down", "test_loss": "down"}
 
 
 def snapshot_measures(model, grid: Grid, keys: list[int]) -> dict:
@@ -44,23 +50,58 @@ def snapshot_measures(model, grid: Grid, keys: list[int]) -> dict:
         }
 
 
-def phase_boundaries(epochs, train_acc, test_loss) -> dict:
-    """Apply the phase rule of this module's docstring to per-evaluation series."""
-    memorized = next((e for e, a in zip(epochs, train_acc) if a >= 0.99), None)
+def phase_boundaries(history: dict, series: dict) -> dict:
+    """Apply the phase rule of this module's docstring: history is train.py's (every --eval-every
+    epochs), series the progress measures per snapshot (sorted by epoch)."""
+    memorized, grokked = first_epoch_at(history, "train_acc"), first_epoch_at(history, "test_acc")
+    phases = {"memorization_end": memorized, "generalized": grokked is not None,
+              "cleanup_start": None, "cleanup_end": None}
+    if memorized is None or grokked is None:
+        return phases
+    epochs, restricted, norm = series["epoch"], series["restricted_loss"], series["weight_norm"]
+    peak = None  # the highest restricted loss since memorization, up to the current snapshot
+    for i, epoch in enumerate(epochs):
+        if epoch < memorized:
+            continue
+        peak = restricted[i] if peak is None else max(peak, restricted[i])
+        falling = i > 0 and norm[i] < norm[i - 1]
+        if phases["cleanup_start"] is None:
+            if falling and restricted[i] <= peak / 2:
+                phases["cleanup_start"] = epoch
+        elif not falling:
+            phases["cleanup_end"] = epoch
+            break
+    return phases
+
+
+def onsets(series: dict, memorized: int | None) -> dict:
+    """For each measure in ONSETS, the first snapshot after memorization at which it has moved by
+    ONSET_FACTOR from its extreme since memorization (None if it never does)."""
+    out = {name: None for name in ONSETS}
     if memorized is None:
-        return {"memorization_end": None, "cleanup_start": None}
-    after = [(e, loss) for e, loss in zip(epochs, test_loss) if e >= memorized]
-    peak = max(loss for _, loss in after)
-    cleanup = next((e for e, loss in after if loss < peak / 2), None)
-    return {"memorization_end": memorized, "cleanup_start": cleanup}
+        return out
+    for name, direction in ONSETS.items():
+        extreme = None
+        for epoch, value in zip(series["epoch"], series[name]):
+            if epoch < memorized:
+                continue
+            if extreme is not None and (value >= ONSET_FACTOR * extreme if direction == "up"
+                                        else value <= extreme / ONSET_FACTOR):
+                out[name] = epoch
+                break
+            extreme = value if extreme is None else (min if direction == "up" else max)(extreme, value)
+    return out
 
 
-def progress_measures(snapshot_paths, keys: list[int], progress: bool = True) -> dict:
-    """Series of measures over the snapshots (sorted by epoch); keys: the key frequencies to restrict to."""
+def progress_measures(snapshot_paths, keys: list[int], reference: dict | None = None, progress: bool = True) -> dict:
+    """Series of measures over the snapshots (sorted by epoch); keys: the key frequencies to restrict to.
+    With a reference checkpoint, a snapshot of another run (run id, p, op, split) is refused."""
     series: dict[str, list] = {"epoch": []}
     grid = None
     for path in tqdm(snapshot_paths, desc="progress measures", unit="snapshot", disable=not progress):
         model, ckpt = load_model(path)
+        if reference is not None:
+            same_run(reference, ckpt, path)
         if grid is None:
             cfg = ckpt["config"]
             grid = Grid(cfg["p"], cfg["op"], ckpt["train_idx"], ckpt["test_idx"])
@@ -80,12 +121,12 @@ def run(checkpoint_dir="checkpoints", results_dir="results", progress=True) -> d
     paths = sorted((Path(checkpoint_dir) / "snapshots").glob("epoch_*.pth"))
     if not paths:
         raise CheckpointError(f"no snapshots in {Path(checkpoint_dir) / 'snapshots'}: run `python train.py` first")
-    history = ckpt["history"]  # evaluated every few epochs: finer than the snapshots for the phase rule
-    result = {"series": progress_measures(paths, keys, progress),
-              "phases": phase_boundaries(history["epoch"], history["train_acc"], history["test_loss"])}
-    grokked = next((e for e, a in zip(history["epoch"], history["test_acc"]) if a >= 0.99), None)
-    result |= {"key_frequencies": keys, "grokking_epoch": grokked, "checkpoint_dir": str(checkpoint_dir),
-               "config": cfg, **provenance()}
+    history = ckpt["history"]  # evaluated every few epochs: finer than the snapshots for the accuracies
+    series = progress_measures(paths, keys, ckpt, progress)
+    grokked = first_epoch_at(history, "test_acc")
+    result = {"run_id": ckpt.get("run_id"), "series": series, "phases": phase_boundaries(history, series),
+              "onsets": onsets(series, first_epoch_at(history, "train_acc")), "key_frequencies": keys,
+              "grokking_epoch": grokked, "checkpoint_dir": str(checkpoint_dir), "config": cfg, **provenance()}
     out = Path(results_dir)
     write_json(out / "progress_measures.json", result)
     plot_progress_measures(result["series"], result["phases"], grokked, keys, out / "progress_measures.png")
@@ -93,15 +134,23 @@ def run(checkpoint_dir="checkpoints", results_dir="results", progress=True) -> d
 
 
 def describe(result: dict) -> str:
-    ph = result["phases"]
-    end = result["series"]["epoch"][-1]
-    if ph["memorization_end"] is None:
+    ph, end = result["phases"], result["series"]["epoch"][-1]
+    memorized, start, stop = ph["memorization_end"], ph["cleanup_start"], ph["cleanup_end"]
+    if memorized is None:
         return "The model never memorized its training set (train accuracy < 99%): no phases to mark."
-    cleanup = ph["cleanup_start"]
-    return (f"Phases: memorization 0-{ph['memorization_end']}, circuit formation {ph['memorization_end']}-"
-            f"{cleanup if cleanup is not None else end}"
-            + (f", clean-up {cleanup}-{end}" if cleanup is not None else " (no clean-up seen)")
-            + f"; grokked (test acc >= 99%) at epoch {result['grokking_epoch']}.")
+    if not ph["generalized"]:
+        return (f"Memorization 0-{memorized}. The run did not generalize (test accuracy never reached 99%), "
+                "so no circuit-formation or clean-up phase is named.")
+    lines = [f"Phases: memorization 0-{memorized}, circuit formation {memorized}-{start if start is not None else end}"
+             + (f", clean-up {start}-{stop if stop is not None else end}" if start is not None else
+                " (no clean-up: the restricted loss never halved while the weight norm fell)")
+             + (" (the weight norm was still falling at the end)" if start is not None and stop is None else "")
+             + f"; grokked (test acc >= 99%) at epoch {result['grokking_epoch']}."]
+    moved = sorted((e, name) for name, e in result["onsets"].items() if e is not None)
+    if moved:
+        lines.append(f"First moves after memorization (a factor {ONSET_FACTOR:g} from the extreme since then): "
+                     + ", ".join(f"{name.replace('_', ' ')} at {e}" for e, name in moved) + ".")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -111,8 +160,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
+        check_output_dir(args.results_dir, "--results-dir")
         result = run(args.checkpoint_dir, args.results_dir, progress=not args.quiet)
-    except CheckpointError as err:
+    except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(describe(result))

@@ -13,6 +13,7 @@ import math
 import signal
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dataset import OPS, SYMBOLS, check_args, make_data
 from model import ACTIVATIONS, ToyMLP, cross_entropy_per_row, sum_squared_weights
 from plots import plot_training_curves
-from utils import provenance, resolve_device, write_json
+from utils import check_output_dir, first_epoch_at, provenance, resolve_device, write_json
 
 
 def _f(default, help, group):
@@ -59,10 +60,6 @@ class Config:
     snapshot_every: int = _f(25, "model snapshot every N epochs (plus log-spaced ones before that)", "bookkeeping")
     checkpoint_dir: str = _f("checkpoints", "folder for checkpoints", "bookkeeping")
     results_dir: str = _f("results", "folder for plots and the summary JSON", "bookkeeping")
-
-    def model_config(self) -> dict:
-        return {"arch": "mlp", "p": self.p, "d_embed": self.d_embed, "d_hidden": self.d_hidden,
-                "activation": self.activation}
 
 
 # Named presets: their values replace the defaults; flags given explicitly still win.
@@ -141,10 +138,6 @@ def train_one_epoch(model, optimizer, data, full_batch, batch_size, generator) -
     return torch.stack(losses).mean().item()
 
 
-def first_epoch_at(history: dict, key: str, threshold: float = 0.99):
-    return next((e for e, v in zip(history["epoch"], history[key]) if v >= threshold), None)
-
-
 class _DeferredInterrupt:
     """Turns the first Ctrl-C into a flag checked between epochs, so the checkpoint written on
     interruption always holds a whole epoch; a second Ctrl-C stops at once."""
@@ -192,7 +185,9 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     ckpt_dir = Path(cfg.checkpoint_dir)
     if resume is not None:
         history, start_epoch, step_seconds = restore(resume, data, model, optimizer, batch_gen)
+        run_id = resume.get("run_id")
     else:
+        run_id = uuid.uuid4().hex[:12]
         history = {k: [] for k in ("epoch", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm",
                                    "seconds")}  # seconds: wall time since the run began (all sessions)
         start_epoch, step_seconds = 0, 0.0
@@ -202,7 +197,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     full_batch = cfg.batch_size == 0 or cfg.batch_size >= len(data.train_idx)
     steps_per_epoch = 1 if full_batch else math.ceil(len(data.train_idx) / cfg.batch_size)
     snapshots = snapshot_epochs(cfg.epochs, cfg.snapshot_every)
-    common = {"config": asdict(cfg) | {"model": cfg.model_config()},
+    common = {"config": asdict(cfg) | {"model": model.config()}, "run_id": run_id,
               "train_idx": data.train_idx.cpu(), "test_idx": data.test_idx.cpu()}
 
     def save(path, epoch, resumable=False):
@@ -252,7 +247,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     if history["epoch"][-1:] != [epoch]:  # stopped between evaluations
         record(history, epoch, evaluate(model, data) | {"seconds": wall_seconds})
     save(ckpt_dir / "model_final.pth", epoch)
-    return summarize(cfg, history, epoch, stopped, wall_seconds, step_seconds / (epoch * steps_per_epoch))
+    return summarize(cfg, history, epoch, stopped, wall_seconds, step_seconds / (epoch * steps_per_epoch), run_id)
 
 
 def record(history: dict, epoch: int, metrics: dict) -> None:
@@ -266,10 +261,11 @@ def format_log_line(epoch: int, m: dict) -> str:
             f"test loss {m['test_loss']:.3e} acc {m['test_acc']:6.1%} | weight norm² {m['weight_norm']:9.1f}")
 
 
-def summarize(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds: float, step_s: float) -> dict:
+def summarize(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds: float, step_s: float,
+              run_id: str | None) -> dict:
     memorization, grokking = first_epoch_at(history, "train_acc"), first_epoch_at(history, "test_acc")
     summary = {
-        "config": asdict(cfg), "seed": cfg.seed, "data_seed": cfg.data_seed, **provenance(),
+        "run_id": run_id, "config": asdict(cfg), "seed": cfg.seed, "data_seed": cfg.data_seed, **provenance(),
         "memorization_epoch": memorization, "grokking_epoch": grokking,
         "grokking_delay": grokking / memorization if grokking and memorization else None,
         "seconds_to_grok": history["seconds"][history["epoch"].index(grokking)] if grokking else None,
@@ -327,25 +323,47 @@ def config_from_args(argv) -> tuple[Config, dict | None, argparse.Namespace]:
     return Config(**({k: getattr(args, k) for k in names} | PRESETS[args.preset] | given)), None, args
 
 
+def check_unfinished(resume: dict, cfg: Config, path) -> None:
+    """Raise ValueError if resuming would train nothing: the run already reached --epochs or its
+    stop rule (so resuming must not touch model_final.pth); say how to extend it."""
+    epoch, grokked = resume["epoch"], first_epoch_at(resume["history"], "test_acc")
+    extend = f"python train.py --resume {path} --stop-after-grok 0 --epochs {2 * epoch}"
+    if epoch >= cfg.epochs:
+        raise ValueError(f"the checkpoint is already at epoch {epoch}: to go on, pass a larger --epochs ({extend})")
+    if cfg.stop_after_grok and grokked is not None and epoch >= cfg.stop_after_grok * grokked:
+        raise ValueError(f"the run is finished: it grokked at epoch {grokked} and stopped at epoch {epoch} "
+                         f"({cfg.stop_after_grok:g} x that). To extend it: {extend}")
+
+
 def main(argv=None) -> int:
     try:
         cfg, resume, args = config_from_args(argv)
         validate(cfg)
-        if resume is not None and resume["epoch"] >= cfg.epochs:
-            raise ValueError(f"the checkpoint is already at epoch {resume['epoch']}: pass a larger --epochs")
+        if resume is not None:
+            check_unfinished(resume, cfg, args.resume)
+        check_output_dir(cfg.checkpoint_dir, "--checkpoint-dir")
+        check_output_dir(cfg.results_dir, "--results-dir")
     except (ValueError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        return train_and_report(cfg, resume, args.quiet)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+        print(f"\nerror: interrupted twice, stopped at once; resume from the last resumable checkpoint: "
+              f"python train.py --resume {Path(cfg.checkpoint_dir) / 'latest.pth'}", file=sys.stderr)
+        return 130
+
+
+def train_and_report(cfg: Config, resume: dict | None, quiet: bool) -> int:
     print("config: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()))
     print(f"device: {resolve_device(cfg.device)}, torch threads: {torch.get_num_threads()}")
+    latest = Path(cfg.checkpoint_dir) / "latest.pth"
     try:
-        summary = train(cfg, resume, progress=not args.quiet)
+        summary = train(cfg, resume, progress=not quiet)
     except NonFiniteLoss as err:
         print(f"error: {err}; training stopped. The last good resumable checkpoint is "
-              f"{Path(cfg.checkpoint_dir) / 'latest.pth'} (if one was written); "
-              "try a smaller --lr.", file=sys.stderr)
+              f"{latest} (if one was written); try a smaller --lr.", file=sys.stderr)
         return 1
-    latest = Path(cfg.checkpoint_dir) / "latest.pth"
     if summary["stopped"] == "interrupted":
         print(f"\ninterrupted at epoch {summary['epoch']}; saved {latest}. Resume with:\n"
               f"    python train.py --resume {latest}")

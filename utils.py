@@ -46,10 +46,33 @@ def provenance() -> dict:
     }
 
 
-def write_json(path, data) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+def atomic_write(path, write) -> None:
+    """Call write(temporary path) in path's folder, then rename it over `path`: a reader (or a crash)
+    sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    write(tmp)
     os.replace(tmp, path)
+
+
+def write_json(path, data) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def check_output_dir(path, flag: str) -> None:
+    """Raise ValueError (one sentence) unless `path` is, or can be made, a writable folder.
+    Creates nothing, so a script can check all its outputs before doing any work."""
+    path = Path(path)
+    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    if not existing.is_dir():
+        where = "" if existing == path else f" (inside {path})"
+        raise ValueError(f"{flag} {path}: {existing} is a file, not a folder{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: no permission to write in {existing}")
+
+
+def first_epoch_at(history: dict, key: str, threshold: float = 0.99):
+    """The first evaluated epoch at which history[key] >= threshold (None if never): with the
+    accuracies, the memorization (train) and grokking (test) epochs."""
+    return next((e for e, v in zip(history["epoch"], history[key]) if v >= threshold), None)

@@ -41,3 +41,57 @@ def handbuilt_model(p: int, keys: list[int], scale: float = 5.0) -> tuple[ToyMLP
         model.W_U.copy_(W_U)
         model.b_U.zero_()
     return model.eval(), neuron_freq
+
+
+def annotated_model(p: int, keys: list[int], top: int = 5, scale: float = 1.0):
+    """The hand-built circuit with parts that a wrong analysis would mishandle. Returns (model, parts):
+    - every circuit neuron but `top` is split into two copies carrying half its readout each, so
+      mean-ablating `top` removes a whole term and any other neuron only half of one: `top` matters most;
+    - a constant neuron (pre-activation 1 everywhere) that adds BIAS[c] to the logits: mean-ablating
+      it changes nothing, zero-ablating it removes BIAS;
+    - a dead neuron (always 0), and an output bias b_U = BIAS as well.
+    parts: {"top", "constant", "dead": neuron indices, "frequency": each neuron's built frequency
+    (None for the constant and dead ones), "bias": BIAS}."""
+    core, freq = handbuilt_model(p, keys, scale)
+    n_core = core.d_hidden
+    copies = [n for n in range(n_core) if n != top]
+    d_hidden = n_core + len(copies) + 2
+    model = ToyMLP(p, core.d_embed, d_hidden, activation="quadratic")
+    c = torch.arange(p, dtype=torch.float64)
+    bias = 0.3 * torch.cos(2 * math.pi * c / p) + 0.1 * torch.sin(6 * math.pi * c / p)
+    with torch.no_grad():
+        model.W_E.copy_(core.W_E)
+        model.W_in.zero_()
+        model.b_in.zero_()
+        model.W_U.zero_()
+        model.W_in[:, :n_core] = core.W_in
+        model.W_in[:, n_core:n_core + len(copies)] = core.W_in[:, copies]
+        model.W_U[:n_core] = core.W_U
+        model.W_U[copies] = core.W_U[copies] / 2
+        model.W_U[n_core:n_core + len(copies)] = core.W_U[copies] / 2
+        constant, dead = d_hidden - 2, d_hidden - 1
+        model.b_in[constant] = 1.0  # quadratic: 1**2 = 1 for every input
+        model.W_U[constant] = bias
+        model.b_U.copy_(bias)
+    parts = {"top": top, "constant": constant, "dead": dead, "bias": bias,
+             "frequency": freq + [freq[n] for n in copies] + [None, None]}
+    return model.eval(), parts
+
+
+def with_constant_neurons(model: ToyMLP, neurons, values) -> ToyMLP:
+    """An independent way to ablate: a copy whose given neurons output values[n] for every input,
+    made by weight surgery (input weights 0, bias set so that act(bias) = value), not by hooks."""
+    inverse = {"relu": lambda v: v, "quadratic": torch.sqrt}[model.activation]
+    copy = ToyMLP(model.p, model.d_embed, model.d_hidden, model.activation)
+    copy.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for n in neurons:
+            copy.W_in[:, n] = 0.0
+            copy.b_in[n] = inverse(torch.as_tensor(float(values[n])))
+    return copy.eval()
+
+
+def direct_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy by the textbook formula in float64: logsumexp - correct logit."""
+    rows = logits.double()
+    return float((torch.logsumexp(rows, 1) - rows[torch.arange(len(y)), y]).mean())

@@ -11,8 +11,8 @@ from checkpoint import save_checkpoint
 from conftest import ROOT
 from dataset import make_data
 from handbuilt import handbuilt_model
-from interpretability import (Grid, analyze, circuit_size, frequency_ablation, neuron_ablation_effects,
-                              ranking_agreement)
+from interpretability import (Grid, ablated_logits, analyze, circuit_size, frequency_ablation,
+                              neuron_ablation_effects, ranking_agreement)
 from model import ToyMLP, ablate_neurons
 
 P, KEYS = 59, [4, 11, 23]
@@ -23,8 +23,8 @@ def full_grid(p, op="add", train_frac=0.3):
     return Grid(p, op, data.train_idx, data.test_idx)
 
 
-@pytest.fixture(scope="module")
-def handbuilt():
+@pytest.fixture
+def handbuilt():  # per test: mutation testing maps a function only to the tests that run it
     model, neuron_freq = handbuilt_model(P, KEYS)
     grid = full_grid(P)
     with torch.no_grad():
@@ -103,30 +103,25 @@ def test_key_and_rest_parts_add_up_to_the_logits():
     assert fourier.split_logits(logits, [])[0].abs().max() == 0
 
 
-def test_shortcut_ablation_matches_hooked_forward():
+@pytest.mark.parametrize("mode", ["mean", "zero"])
+def test_shortcut_ablation_matches_hooked_forward(mode):
+    """ablated_logits (one matmul) against the hooked forward pass, for single neurons and for sets."""
     torch.manual_seed(2)
     model = ToyMLP(13, 8, 16).eval()
     grid = full_grid(13)
     with torch.no_grad():
         logits, cache = model.run_with_cache(grid.a, grid.b)
-        mean = cache["hidden_post"].mean(0)
-        losses, accs = neuron_ablation_effects(logits, cache["hidden_post"], model.W_U, grid, mean, chunk=5)
-        for n in (0, 7, 15):
-            hooked = model.run_with_hooks(grid.a, grid.b, {"hidden_post": ablate_neurons([n], "mean", mean)})
-            loss, acc = grid.loss_acc(hooked)
-            assert losses[n].item() == pytest.approx(loss, rel=1e-6)
-            assert accs[n].item() == pytest.approx(acc)
-
-
-def test_circuit_size_endpoints():
-    model, _ = handbuilt_model(P, KEYS)
-    grid = full_grid(P)
-    order = torch.arange(model.d_hidden)
-    with torch.no_grad():
-        size, accs = circuit_size(model, grid, order)
-    assert len(accs) == model.d_hidden + 1
-    assert accs[0] == pytest.approx(1 / P)  # every neuron at its mean: a constant prediction
-    assert accs[-1] == 1.0 and size is not None and 0 < size <= model.d_hidden
+        hidden = cache["hidden_post"]
+        values = hidden.mean(0) if mode == "mean" else torch.zeros(16)
+        losses, accs = neuron_ablation_effects(logits, hidden, model.neuron_readout(), grid, values)
+        for neurons in ([0], [7], [15], [1, 2, 3], list(range(16)), []):
+            hooked = model.run_with_hooks(grid.a, grid.b, {"hidden_post": ablate_neurons(neurons, mode, values)})
+            shortcut = ablated_logits(logits, hidden, model.neuron_readout(), neurons, values)
+            torch.testing.assert_close(shortcut, hooked, rtol=1e-5, atol=1e-5)
+            if len(neurons) == 1:
+                loss, acc = grid.loss_acc(hooked)
+                assert losses[neurons[0]].item() == pytest.approx(loss, rel=1e-5)
+                assert accs[neurons[0]].item() == pytest.approx(acc)
 
 
 def test_frequency_ablation_on_handbuilt_model():

@@ -11,7 +11,7 @@ from dataset import make_data
 from handbuilt import handbuilt_model
 from interpretability import Grid
 from model import ToyMLP
-from progress import phase_boundaries, snapshot_measures
+from progress import ONSETS, describe, onsets, phase_boundaries, snapshot_measures
 
 P, KEYS = 59, [4, 11, 23]
 
@@ -37,16 +37,62 @@ def test_weight_norm_by_hand():
     assert m["weight_norm"] == pytest.approx(by_hand, rel=1e-9)
 
 
-def test_phase_rule_on_synthetic_curves():
-    epochs = list(range(0, 101, 5))
-    train_acc = [min(1.0, e / 20) for e in epochs]  # reaches 99% at epoch 20
-    test_loss = [4 + e / 4 if e <= 40 else max(0.01, 14 - (e - 40) / 2) for e in epochs]  # peak 14 at 40
-    phases = phase_boundaries(epochs, train_acc, test_loss)
-    # after epoch 40 the loss falls by 2.5 per 5 epochs: 14, 11.5, 9, 6.5 (epoch 55) < 7
-    assert phases == {"memorization_end": 20, "cleanup_start": 55}
-    assert phase_boundaries(epochs, [0.5] * len(epochs), test_loss) == {"memorization_end": None,
-                                                                       "cleanup_start": None}
-    assert phase_boundaries(epochs, train_acc, [5.0] * len(epochs))["cleanup_start"] is None
+def synthetic_run():
+    """A run by hand: memorized at epoch 20, grokked at 90; snapshots every 10 epochs.
+    restricted loss: 4 (peak, epoch 20), 3.9, 3.5, 2.5, 1.9 (epoch 60: first <= 2), 1, 0.5, ...
+    weight norm: falls until epoch 100, rises at 110; it also rises at 60 (so clean-up waits for 70)."""
+    history = {"epoch": list(range(0, 141, 5))}
+    history["train_acc"] = [min(1.0, e / 20) for e in history["epoch"]]
+    history["test_acc"] = [1.0 if e >= 90 else 0.0 for e in history["epoch"]]
+    series = {"epoch": list(range(0, 141, 10)),
+              "restricted_loss": [3.0, 3.5, 4.0, 3.9, 3.5, 2.5, 1.9, 1.0, 0.5, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1],
+              "weight_norm": [100, 90, 80, 79, 78, 77, 78, 70, 60, 50, 45, 46, 44, 43, 42],
+              "excluded_loss": [4.0, 2.0, 0.1, 0.12, 0.15, 0.19, 0.3, 1.0, 3.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0],
+              "fourier_gini": [0.05, 0.05, 0.05, 0.06, 0.08, 0.1, 0.2, 0.4, 0.6, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7],
+              "test_loss": [4.0, 8.0, 12.0, 11.0, 9.0, 6.5, 5.0, 2.0, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]}
+    return history, series
+
+
+def test_phase_rule_by_hand():
+    history, series = synthetic_run()
+    # epoch 60: restricted 1.9 <= 4 / 2 but the weight norm rose (77 -> 78); epoch 70: 1.0, and 78 -> 70
+    # clean-up ends at the first snapshot where the weight norm does not fall: 45 -> 46 at epoch 110
+    assert phase_boundaries(history, series) == {"memorization_end": 20, "generalized": True,
+                                                 "cleanup_start": 70, "cleanup_end": 110}
+    series["weight_norm"] = [100 - e / 10 for e in series["epoch"]]  # falls to the end: clean-up never ends
+    assert phase_boundaries(history, series)["cleanup_end"] is None
+    series["restricted_loss"] = [3.0, 3.5, 4.0] + [2.1] * 12  # never halves: no clean-up
+    assert phase_boundaries(history, series)["cleanup_start"] is None
+
+
+def test_onsets_by_hand():
+    history, series = synthetic_run()
+    # since epoch 20: excluded min 0.1 -> first >= 0.2 at 60 (0.3); gini min 0.05 -> first >= 0.1 at 50;
+    # restricted max 4 -> first <= 2 at 60; test loss max 12 -> first <= 6 at 60 (5.0)
+    assert onsets(series, 20) == {"excluded_loss": 60, "fourier_gini": 50, "restricted_loss": 60, "test_loss": 60}
+    assert onsets(series, None) == dict.fromkeys(ONSETS)
+    assert onsets(series, 100)["excluded_loss"] is None  # flat after epoch 100
+
+
+def test_no_phase_after_memorization_for_a_run_that_did_not_generalize(tmp_path):
+    history, series = synthetic_run()
+    history["test_acc"] = [0.5] * len(history["epoch"])
+    phases = phase_boundaries(history, series)
+    assert phases == {"memorization_end": 20, "generalized": False, "cleanup_start": None, "cleanup_end": None}
+    text = describe({"phases": phases, "series": series, "onsets": onsets(series, 20), "grokking_epoch": None})
+    assert "did not generalize" in text and "clean-up" not in text.replace("or clean-up", "")
+    history["train_acc"] = [0.5] * len(history["epoch"])
+    assert phase_boundaries(history, series)["memorization_end"] is None
+
+
+def test_describe_states_the_phases_and_what_moved_first():
+    history, series = synthetic_run()
+    result = {"phases": phase_boundaries(history, series), "series": series, "onsets": onsets(series, 20),
+              "grokking_epoch": 90}
+    text = describe(result)
+    assert "memorization 0-20, circuit formation 20-70, clean-up 70-110" in text
+    assert "grokked (test acc >= 99%) at epoch 90" in text
+    assert "fourier gini at 50, excluded loss at 60, restricted loss at 60, test loss at 60" in text
 
 
 def test_setup_script_passes_and_fails_on_unwritable_folder(tmp_path):

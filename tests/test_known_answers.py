@@ -1,0 +1,301 @@
+"""Known-answer tests of every measure the analysis reports (issue 8).
+
+Expected values come from construction (the hand-built networks of handbuilt.py), from weight
+surgery (an ablation done by editing weights, not by the analysis' shortcut), or from direct
+formulas written out here; never from the function under test. Each test computes what it checks
+(no shared fixtures), so mutation testing maps every function to the tests that check it.
+"""
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import interpretability
+from checkpoint import save_checkpoint
+from dataset import make_data
+from handbuilt import annotated_model, direct_cross_entropy, handbuilt_model, with_constant_neurons
+from interpretability import (Grid, ablation_curves, circuit_size, fourier_analysis, frequency_ablation,
+                              key_frequency_losses, rank_neurons, ranking_agreement)
+from model import ToyMLP
+
+P, KEYS = 59, [4, 11, 23]
+
+
+def grid_for(p=P, op="add"):
+    data = make_data(p, op, 0.3, 0)
+    return Grid(p, op, data.train_idx, data.test_idx)
+
+
+def direct_loss_acc(model, grid, split="all"):
+    """Loss (textbook float64 formula) and accuracy of a model on a split, from the plain forward pass."""
+    idx = grid.split[split]
+    with torch.no_grad():
+        logits = model(grid.a, grid.b)[grid.rows[idx]]
+    y = grid.y[idx]
+    return direct_cross_entropy(logits, y), float((logits.argmax(1) == y).double().mean())
+
+
+def neuron_means(model, grid):
+    with torch.no_grad():
+        return model.run_with_cache(grid.a, grid.b)[1]["hidden_post"].mean(0)
+
+
+def built_logits(p, keys, scale, bias, drop=()):
+    """The annotated network's logits by construction: 4 * scale * sum_k cos(w_k (a + b - c)) over
+    the keys not dropped, plus the bias twice (the output bias and the constant neuron)."""
+    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
+    s, c = (a + b).double()[:, None], torch.arange(p, dtype=torch.float64)[None]
+    return sum(4 * scale * torch.cos(2 * math.pi * k * (s - c) / p) for k in keys if k not in drop) + 2 * bias
+
+
+def test_annotated_network_computes_what_it_was_built_to():
+    model, parts = annotated_model(P, KEYS)
+    grid = grid_for()
+    with torch.no_grad():
+        logits = model(grid.a, grid.b).double()
+    torch.testing.assert_close(logits, built_logits(P, KEYS, 1.0, parts["bias"]), atol=1e-4, rtol=0)
+    assert direct_loss_acc(model, grid)[1] == 1.0
+
+
+@pytest.mark.parametrize("mode", ["mean", "zero"])
+def test_single_neuron_ablations_match_weight_surgery(mode):
+    model, parts = annotated_model(P, KEYS)
+    grid = grid_for()
+    with torch.no_grad():
+        r = rank_neurons(model, grid)
+    values = neuron_means(model, grid) if mode == "mean" else torch.zeros(model.d_hidden)
+    base_loss, base_acc = direct_loss_acc(model, grid)
+    assert r["base_loss"] == pytest.approx(base_loss, rel=1e-6) and r["base_acc"] == base_acc
+    for n in range(model.d_hidden):
+        loss, acc = direct_loss_acc(with_constant_neurons(model, [n], values), grid)
+        assert float(r[f"{mode}_ablation_loss_increase"][n]) == pytest.approx(loss - base_loss, rel=1e-4, abs=1e-7)
+        assert float(r[f"{mode}_ablation_acc"][n]) == pytest.approx(acc)
+
+
+def test_the_neuron_built_to_matter_most_ranks_first_and_constant_or_dead_ones_do_not_matter():
+    model, parts = annotated_model(P, KEYS)
+    grid = grid_for()
+    with torch.no_grad():
+        r = rank_neurons(model, grid)
+    mean_effect, zero_effect = r["mean_ablation_loss_increase"], r["zero_ablation_loss_increase"]
+    assert r["causal_order"][0] == parts["top"]
+    assert mean_effect[parts["top"]] > 1.5 * sorted(mean_effect.tolist())[-2]  # a whole term vs half of one
+    assert torch.all(mean_effect[r["causal_order"][:-1]] >= mean_effect[r["causal_order"][1:]])  # sorted
+    # the constant neuron: its mean is itself, so mean-ablating it does nothing; zeroing it removes a bias
+    assert abs(float(mean_effect[parts["constant"]])) < 1e-9 and abs(float(zero_effect[parts["constant"]])) > 1e-3
+    assert abs(float(mean_effect[parts["dead"]])) < 1e-9 and abs(float(zero_effect[parts["dead"]])) < 1e-9
+    assert r["activation_variance"][parts["constant"]] == 0 == r["activation_variance"][parts["dead"]]
+    assert r["activation_variance"][parts["top"]] > 0
+    # the activation ranking sorts by variance, largest first
+    assert torch.all(r["activation_variance"][r["activation_order"][:-1]] >=
+                     r["activation_variance"][r["activation_order"][1:]])
+
+
+def test_ablation_curves_match_weight_surgery():
+    model, _ = annotated_model(P, KEYS)
+    grid = grid_for()
+    d = model.d_hidden
+    order = torch.randperm(d, generator=torch.Generator().manual_seed(3))
+    means = neuron_means(model, grid)
+    with torch.no_grad():
+        curves = ablation_curves(model, grid, order, draws=3, seed=1)
+    assert curves["k"] == [0, 1, 2, 4, 8, 16, 32, d]
+    for i, k in enumerate(curves["k"]):
+        ablated = direct_loss_acc(with_constant_neurons(model, order[:k].tolist(), means), grid)
+        kept = direct_loss_acc(with_constant_neurons(model, order[k:].tolist(), means), grid)
+        assert curves["ablate"]["top_loss"][i] == pytest.approx(ablated[0], rel=1e-4)
+        assert curves["ablate"]["top_acc"][i] == pytest.approx(ablated[1])
+        assert curves["keep"]["top_loss"][i] == pytest.approx(kept[0], rel=1e-4)
+        assert curves["keep"]["top_acc"][i] == pytest.approx(kept[1])
+    # at k = 0 and k = d every random draw is the same set: means equal the ordered curve, spread 0
+    none, every = direct_loss_acc(model, grid), direct_loss_acc(with_constant_neurons(model, range(d), means), grid)
+    for mode, at_0, at_d in (("ablate", none, every), ("keep", every, none)):
+        c = curves[mode]
+        assert c["random_loss_mean"][0] == pytest.approx(at_0[0], rel=1e-4)
+        assert c["random_acc_mean"][0] == pytest.approx(at_0[1])
+        assert c["random_loss_mean"][-1] == pytest.approx(at_d[0], rel=1e-4)
+        assert c["random_acc_mean"][-1] == pytest.approx(at_d[1])
+        assert c["random_loss_std"][0] == pytest.approx(0, abs=1e-6) and c["random_acc_std"][-1] == 0
+    # in between, random sets differ from draw to draw
+    assert max(curves["ablate"]["random_loss_std"][1:-1]) > 0
+
+
+def test_circuit_size_matches_weight_surgery_and_one_frequency_is_enough():
+    """Keeping the 8 neurons of one key frequency (the others at their means) leaves
+    4 cos(w_k (a + b - c)) + constants, whose argmax over c is exactly a + b: accuracy 1."""
+    model, freq = handbuilt_model(P, KEYS, scale=1.0)
+    with torch.no_grad():  # a small output bias, so that the all-mean model predicts one class (c = 0)
+        model.b_U.copy_(1e-3 * torch.cos(2 * math.pi * torch.arange(P) / P))
+    grid = grid_for()
+    group = [n for n, k in enumerate(freq) if k == 11]
+    order = torch.tensor(group + [n for n in range(model.d_hidden) if n not in group])
+    means = neuron_means(model, grid)
+    with torch.no_grad():
+        size, accs = circuit_size(model, grid, order)
+    # Some subsets leave exact ties (a lone phase-0 pair gives cos(w c), even in c): there float rounding
+    # decides, so the known answer is an interval: ties counted wrong (low) or right (high).
+    low, high = [], []
+    for k in range(model.d_hidden + 1):
+        with torch.no_grad():
+            logits = with_constant_neurons(model, order[k:].tolist(), means)(grid.a, grid.b).double()[grid.rows]
+        gap = logits.gather(1, grid.y[:, None])[:, 0] - logits.scatter(1, grid.y[:, None], -math.inf).max(1).values
+        low.append(float((gap > 1e-4).double().mean()))
+        high.append(float((gap > -1e-4).double().mean()))
+    assert all(lo - 1e-9 <= acc <= hi + 1e-9 for lo, acc, hi in zip(low, accs, high))
+    assert sum(lo == hi for lo, hi in zip(low, high)) >= 12  # at most half the subsets have ties
+    assert accs[8] == low[8] == 1.0 and accs[0] == pytest.approx(1 / P)
+    assert next(k for k, hi in enumerate(high) if hi >= 0.99) <= size <= next(k for k, lo in enumerate(low) if lo >= 0.99)
+    assert size == next(k for k, acc in enumerate(accs) if acc >= 0.99) and size <= 8
+    with torch.no_grad():
+        assert circuit_size(model, grid, order, threshold=1.01)[0] is None  # no k reaches an impossible bar
+
+
+@pytest.mark.parametrize("op", ["add", "sub"])
+def test_restricted_and_excluded_losses_by_direct_formula(op):
+    """Logits = A cos(w_k (s - c)) over the key k, a per-output bias, and a part that depends on the
+    other combination (a - b for add, a + b for sub), which is orthogonal to every key direction:
+    restricted logits keep the first two, excluded logits the last two."""
+    p, k, j = 23, 5, 3
+    grid = grid_for(p, op)
+    a, b = grid.a.double()[:, None], grid.b.double()[:, None]
+    c = torch.arange(p, dtype=torch.float64)[None]
+    s, other = (a - b, a + b) if op == "sub" else (a + b, a - b)
+    w = 2 * math.pi / p
+    key_part = 6 * torch.cos(w * k * (s - c))
+    bias = 0.7 * torch.sin(w * c) + 0.2 * c / p
+    rest = 2 * torch.cos(w * j * other) * torch.cos(w * 2 * c)  # averages to 0 over the grid
+    out = key_frequency_losses((key_part + bias + rest).float(), grid, [k])
+    train = grid.split["train"]
+    restricted = (key_part + bias)[grid.rows]
+    excluded = (bias + rest)[grid.rows[train]]
+    assert out["restricted_loss"] == pytest.approx(direct_cross_entropy(restricted, grid.y), rel=1e-4)
+    assert out["restricted_acc"] == float((restricted.argmax(1) == grid.y).double().mean())
+    assert out["excluded_loss"] == pytest.approx(direct_cross_entropy(excluded, grid.y[train]), rel=1e-4)
+    assert out["excluded_acc"] == float((excluded.argmax(1) == grid.y[train]).double().mean())
+
+
+def test_fourier_analysis_of_the_annotated_network():
+    model, parts = annotated_model(P, KEYS)
+    grid = grid_for()
+    with torch.no_grad():
+        f = fourier_analysis(model, grid)
+    assert f["key_frequencies"] == KEYS
+    assert f["neuron_cluster"] == parts["frequency"]  # the constant and the dead neuron in no cluster
+    # the inputs to the neurons hold only the key frequencies: all their power, and the embedding's
+    assert f["key_frequency_power_fraction"] == pytest.approx(1.0, abs=1e-9)
+    assert f["embed_key_power_fraction"] == pytest.approx(1.0, abs=1e-9)
+    torch.testing.assert_close(f["hidden_power_a"], f["hidden_power_b"])  # the circuit is symmetric in a, b
+    # logit fit: alpha_k = 4 * scale by construction; the bias (2 x BIAS per output, the same for every
+    # input) is what the fit cannot explain
+    assert all(alpha == pytest.approx(4.0, abs=1e-6) for alpha in f["logit_alphas"].values())
+    logits = built_logits(P, KEYS, 1.0, parts["bias"])
+    centred = logits - logits.mean(1, keepdim=True)
+    bias = 2 * parts["bias"] - 2 * parts["bias"].mean()
+    expected = 1 - float(P * P * (bias**2).sum() / (centred**2).sum())
+    assert f["logit_variance_explained"] == pytest.approx(expected, abs=1e-6)
+    assert expected < 0.999  # the bias is large enough to matter
+
+
+def test_frequency_ablation_by_construction():
+    """Projecting key k out of W_E silences its neurons (their inputs are only cos/sin of k), leaving
+    the logits of the other keys; projecting out every non-key frequency changes nothing."""
+    model, parts = annotated_model(P, KEYS)
+    grid = grid_for()
+    with torch.no_grad():
+        result = {r["ablation"]: r for r in frequency_ablation(model, grid, KEYS)}
+    assert list(result) == [f"remove {k}" for k in KEYS] + ["remove all non-key"]
+    y = grid.y
+    for k in KEYS:
+        logits = built_logits(P, KEYS, 1.0, parts["bias"], drop=[k])[grid.rows]
+        assert result[f"remove {k}"]["frequencies"] == [k]
+        assert result[f"remove {k}"]["loss"] == pytest.approx(direct_cross_entropy(logits, y), rel=1e-4)
+        assert result[f"remove {k}"]["acc"] == pytest.approx(float((logits.argmax(1) == y).double().mean()))
+    full = built_logits(P, KEYS, 1.0, parts["bias"])[grid.rows]
+    assert result["remove all non-key"]["frequencies"] == [k for k in range(1, P // 2 + 1) if k not in KEYS]
+    assert result["remove all non-key"]["loss"] == pytest.approx(direct_cross_entropy(full, y), rel=1e-4)
+
+
+def test_ranking_agreement_by_hand():
+    order_1 = torch.tensor([0, 1, 2, 3, 4])
+    order_2 = torch.tensor([1, 0, 2, 4, 3])  # two swaps: d^2 = 1 + 1 + 0 + 1 + 1 = 4
+    out = ranking_agreement(order_1, order_2)
+    assert out["spearman"] == pytest.approx(1 - 6 * 4 / (5 * 24))
+    assert out["top10_overlap"] == 1.0  # top 5 (n < 10): the same five
+    assert out["top1_overlap"] == 0.0  # top 10% of 5 = 1: neuron 0 vs neuron 1
+    many = torch.arange(30)
+    shifted = torch.cat([many[3:], many[:3]])
+    out = ranking_agreement(many, shifted)
+    assert out["top10_overlap"] == pytest.approx(7 / 10) and out["top3_overlap"] == 0.0
+    assert ranking_agreement(torch.tensor([0]), torch.tensor([0]))["spearman"] == 1.0
+
+
+def permuted(model: ToyMLP, perm: torch.Tensor) -> ToyMLP:
+    copy = ToyMLP(model.p, model.d_embed, model.d_hidden, model.activation)
+    copy.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        copy.W_in.copy_(model.W_in[:, perm])
+        copy.b_in.copy_(model.b_in[perm])
+        copy.W_U.copy_(model.W_U[perm])
+    return copy.eval()
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.permutations(list(range(49))))
+def test_findings_do_not_depend_on_the_order_of_the_neurons(perm):
+    """Neuron n of the permuted model is neuron perm[n] of the original: every per-neuron finding
+    moves with it and every global one stays."""
+    model, parts = annotated_model(P, KEYS)
+    assert model.d_hidden == 49
+    perm = torch.tensor(perm)
+    grid = grid_for()
+    with torch.no_grad():
+        original, other = interpretability.analyze(model, grid, draws=1), interpretability.analyze(
+            permuted(model, perm), grid, draws=1)
+    f, g = original["fourier"], other["fourier"]
+    assert g["key_frequencies"] == f["key_frequencies"]
+    assert g["neuron_cluster"] == [f["neuron_cluster"][i] for i in perm.tolist()]
+    for key in ("restricted_loss", "excluded_loss", "logit_variance_explained", "key_frequency_power_fraction"):
+        assert g[key] == pytest.approx(f[key], rel=1e-5, abs=1e-9)
+    r, q = original["ranking"], other["ranking"]
+    torch.testing.assert_close(q["mean_ablation_loss_increase"], r["mean_ablation_loss_increase"][perm],
+                               rtol=1e-4, atol=1e-7)
+    assert perm[q["causal_order"][0]] == r["causal_order"][0] == parts["top"]
+    assert other["circuit_size"] == original["circuit_size"]
+
+
+def test_the_command_line_reports_the_known_answers(tmp_path, capsys):
+    """interpretability.main on a checkpoint of the annotated network: the JSON and the printed
+    findings carry the values known by construction."""
+    model, parts = annotated_model(P, KEYS)
+    data = make_data(P, "add", 0.3, 0)
+    save_checkpoint(tmp_path / "hand.pth", config={"p": P, "op": "add", "model": model.config()}, run_id="abc",
+                    model=model.state_dict(), epoch=0, history={}, train_idx=data.train_idx, test_idx=data.test_idx)
+    code = interpretability.main(["--checkpoint", str(tmp_path / "hand.pth"), "--results-dir", str(tmp_path / "r"),
+                                  "--quiet", "--draws", "1"])
+    assert code == 0
+    summary = json.loads((tmp_path / "r/analysis_summary.json").read_text())
+    assert summary["run_id"] == "abc" and summary["checkpoint"] == str(tmp_path / "hand.pth")
+    assert summary["key_frequencies"] == KEYS and summary["structure"] == "clear"
+    counts = {str(k): parts["frequency"].count(k) for k in KEYS}
+    assert summary["neurons_per_key_frequency"] == counts and summary["neurons_unassigned"] == 2
+    assert summary["neuron_importance"]["top20_causal"][0] == parts["top"]
+    assert summary["losses"]["all"]["acc"] == 1.0
+    grid = grid_for()
+    assert summary["train_loss"] == pytest.approx(direct_loss_acc(model, grid, "train")[0], rel=1e-4)
+    assert summary["test_loss"] == pytest.approx(direct_loss_acc(model, grid, "test")[0], rel=1e-4)
+    assert summary["ablations"]["single_neuron_max_loss_increase"]["mean"] == pytest.approx(
+        summary["neuron_importance"]["top20_loss_increase"][0])
+    table = json.loads((tmp_path / "r/neuron_ranking.json").read_text())["neurons"]
+    assert [row["neuron"] for row in table][:1] == [parts["top"]] and table[0]["causal_rank"] == 0
+    by_neuron = {row["neuron"]: row for row in table}
+    assert all(by_neuron[n]["cluster"] == parts["frequency"][n] for n in range(model.d_hidden))
+    assert by_neuron[parts["dead"]]["activation_variance"] == 0.0
+    printed = capsys.readouterr().out
+    assert "Key frequencies [4, 11, 23]" in printed and f"{sum(counts.values())} neurons are tied" in printed
+    assert f"Circuit size: {summary['circuit_size']} neurons" in printed
+    for name in ("activation_heatmap", "neuron_ranking", "ablation_curves", "fourier_spectrum", "neuron_clusters",
+                 "frequency_ablation", "activation_overview"):
+        assert (tmp_path / f"r/{name}.png").stat().st_size > 10_000
