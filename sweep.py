@@ -48,7 +48,8 @@ def analysis_row(cfg: Config) -> dict:
     replay = progress.run(cfg.checkpoint_dir, cfg.results_dir, progress=False)
     keep = ("key_frequencies", "key_frequency_power_fraction", "circuit_size", "restricted_loss", "excluded_loss",
             "train_loss", "test_loss", "logit_variance_explained", "neurons_unassigned")
-    row = {k: summary[k] for k in keep} | replay["phases"]
+    row = {k: summary[k] for k in keep} | replay["phases"] | {f"onset_{k}": v for k, v in replay["onsets"].items()}
+    row["all_pairs_loss"] = summary["losses"]["all"]["loss"]  # what the restricted loss (all pairs) compares with
     row["ranking_spearman"] = summary["neuron_importance"]["ranking_agreement"]["spearman"]
     row["worst_key_frequency_ablation_acc"] = min(r["acc"] for r in summary["frequency_ablation"][:-1])
     row["non_key_ablation_acc"] = summary["frequency_ablation"][-1]["acc"]
@@ -62,7 +63,9 @@ def format_row(r: dict) -> str:
     if "key_frequencies" in r:
         line += (f" | keys {r['key_frequencies']} ({r['key_frequency_power_fraction']:.0%}) | circuit "
                  f"{r['circuit_size']} | restricted {r['restricted_loss']:.2g} excluded {r['excluded_loss']:.2g} | "
-                 f"logit var {r['logit_variance_explained']:.1%} | clean-up from {r['cleanup_start']}")
+                 f"logit var {r['logit_variance_explained']:.1%} | clean-up {r['cleanup_start']}-{r['cleanup_end']} | "
+                 "first 2x moves: " + ", ".join(f"{k[6:]} {r[k]}" for k in sorted(
+                     (k for k in r if k.startswith("onset_")), key=lambda k: (r[k] is None, r[k] or 0))))
     return line
 
 
@@ -111,6 +114,12 @@ def main(argv=None) -> int:
                   f"{mean_std(r['excluded_loss'] for r in rs):>13} | "
                   f"{mean_std(100 * r['logit_variance_explained'] for r in rs):>23}% | "
                   f"{mean_std(r['cleanup_start'] for r in rs)}")
+        print("\n   p | seed | memorized | clean-up starts | clean-up ends | grokked | first 2x move after memorization: "
+              "embedding Gini up | restricted loss down | excluded loss up | test loss down")
+        for r in (r for r in rows if not r.get("diverged")):
+            print(f"{r['p']:4d} | {r['seed']:4d} | {r['memorization_epoch']!s:>9} | {r['cleanup_start']!s:>15} | "
+                  f"{r['cleanup_end']!s:>13} | {r['grokking_epoch']!s:>7} | {r['onset_fourier_gini']!s:>17} | "
+                  f"{r['onset_restricted_loss']!s:>20} | {r['onset_excluded_loss']!s:>16} | {r['onset_test_loss']!s:>14}")
     write_json(args.out, {"runs": rows, "config": vars(args) | {"base": asdict(replace(Config(), **overrides))},
                           **provenance()})
     print(f"wrote {args.out}")
