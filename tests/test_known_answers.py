@@ -299,3 +299,49 @@ def test_the_command_line_reports_the_known_answers(tmp_path, capsys):
     for name in ("activation_heatmap", "neuron_ranking", "ablation_curves", "fourier_spectrum", "neuron_clusters",
                  "frequency_ablation", "activation_overview"):
         assert (tmp_path / f"r/{name}.png").stat().st_size > 10_000
+
+
+def test_progress_replay_of_hand_built_snapshots(tmp_path, capsys):
+    """Snapshots of the annotated network with its readout scaled by s: every measure has a direct
+    formula (the logits are s x the built ones), and the phases follow from the history given."""
+    import progress
+
+    model, parts = annotated_model(P, KEYS)
+    data = make_data(P, "add", 0.3, 0)
+    grid = grid_for()
+    scales = {0: 0.5, 10: 1.0, 20: 2.0, 40: 3.0}
+    history = {"epoch": [0, 10, 20, 30, 40], "train_acc": [0.1, 0.995, 1.0, 1.0, 1.0],
+               "test_acc": [0.0, 0.0, 0.5, 0.995, 1.0]}
+    common = {"config": {"p": P, "op": "add", "model": model.config()}, "run_id": "r1", "history": history,
+              "train_idx": data.train_idx, "test_idx": data.test_idx}
+    for epoch, s in scales.items():
+        scaled = annotated_model(P, KEYS)[0]
+        with torch.no_grad():
+            scaled.W_U.mul_(s)
+            scaled.b_U.mul_(s)
+        save_checkpoint(tmp_path / f"c/snapshots/epoch_{epoch:05d}.pth", model=scaled.state_dict(), epoch=epoch,
+                        **common)
+    save_checkpoint(tmp_path / "c/model_final.pth", model=model.state_dict(), epoch=40, **common)
+    assert progress.main(["--checkpoint-dir", str(tmp_path / "c"), "--results-dir", str(tmp_path / "r"),
+                          "--quiet"]) == 0
+    result = json.loads((tmp_path / "r/progress_measures.json").read_text())
+    series = result["series"]
+    assert result["key_frequencies"] == KEYS and result["run_id"] == "r1" and result["grokking_epoch"] == 30
+    assert series["epoch"] == [0, 10, 20, 40]
+    built = built_logits(P, KEYS, 1.0, parts["bias"])
+    train, test = grid.split["train"], grid.split["test"]
+    for i, s in enumerate(scales.values()):
+        logits = s * built[grid.rows]
+        assert series["train_loss"][i] == pytest.approx(direct_cross_entropy(logits[train], grid.y[train]), rel=1e-4)
+        assert series["test_loss"][i] == pytest.approx(direct_cross_entropy(logits[test], grid.y[test]), rel=1e-4)
+        assert series["restricted_loss"][i] == pytest.approx(direct_cross_entropy(logits, grid.y), rel=1e-4)
+        bias_only = (s * 2 * parts["bias"]).expand(len(train), -1)  # excluded: the bias is all that is left
+        assert series["excluded_loss"][i] == pytest.approx(direct_cross_entropy(bias_only, grid.y[train]), rel=1e-4)
+        weights = annotated_model(P, KEYS)[0]
+        squares = {name: float((t.detach().double() ** 2).sum()) for name, t in weights.named_parameters()}
+        by_hand = squares["W_E"] + squares["W_in"] + squares["b_in"] + s**2 * (squares["W_U"] + squares["b_U"])
+        assert series["weight_norm"][i] == pytest.approx(by_hand, rel=1e-6)  # the snapshots hold s x W_U in float32
+        assert series["fourier_gini"][i] == pytest.approx(1 - 3 / 29, abs=1e-9)  # 3 of 29 frequencies, equal power
+    assert result["phases"]["memorization_end"] == 10 and result["phases"]["generalized"]
+    assert "Phases: memorization 0-10" in capsys.readouterr().out
+    assert (tmp_path / "r/progress_measures.png").stat().st_size > 10_000
