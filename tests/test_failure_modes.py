@@ -13,7 +13,7 @@ import torch
 import fourier
 import plots
 from checkpoint import load_checkpoint, save_checkpoint
-from conftest import ROOT
+from conftest import ROOT, start_training
 from dataset import make_data
 from interpretability import Grid, analyze, findings, summarize
 from model import ToyMLP
@@ -108,12 +108,8 @@ def test_second_ctrl_c_exits_130_with_one_line(tmp_path):
     ckpt = tmp_path / "c"
     # minibatches of 1 make an epoch last about a second, so the second Ctrl-C comes within the epoch
     # that the first one lets finish
-    args = [sys.executable, "train.py", "--quiet", "--batch-size", "1", "--epochs", "100",
-            "--checkpoint-dir", str(ckpt), "--results-dir", str(tmp_path / "r")]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (ckpt / "snapshots/epoch_00001.pth").exists() and time.time() < deadline:
-        time.sleep(0.05)
+    proc = start_training(["--batch-size", "1", "--epochs", "100", "--checkpoint-dir", str(ckpt), "--results-dir",
+                           str(tmp_path / "r")], ckpt / "snapshots/epoch_00001.pth")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)

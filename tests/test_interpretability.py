@@ -11,7 +11,7 @@ from checkpoint import save_checkpoint
 from conftest import ROOT
 from dataset import make_data
 from handbuilt import handbuilt_model
-from interpretability import (Grid, ablated_logits, analyze, circuit_size, frequency_ablation,
+from interpretability import (Grid, ablated_logits, analyze, frequency_ablation,
                               neuron_ablation_effects, ranking_agreement)
 from model import ToyMLP, ablate_neurons
 

@@ -1,14 +1,13 @@
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
 import torch
 
 from checkpoint import load_checkpoint
-from conftest import ROOT
+from conftest import ROOT, start_training
 from train import Config, snapshot_epochs, train
 
 
@@ -112,12 +111,8 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     ckpt = tmp_path / "c"
-    args = [sys.executable, "train.py", "--quiet", "--p", "23", "--epochs", "100000", "--stop-after-grok", "0",
-            "--checkpoint-dir", str(ckpt), "--results-dir", str(tmp_path / "r")]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (ckpt / "snapshots/epoch_00050.pth").exists() and time.time() < deadline:
-        time.sleep(0.05)
+    proc = start_training(["--p", "23", "--epochs", "100000", "--stop-after-grok", "0", "--checkpoint-dir", str(ckpt),
+                           "--results-dir", str(tmp_path / "r")], ckpt / "snapshots/epoch_00050.pth")
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130

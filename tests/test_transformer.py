@@ -220,7 +220,6 @@ def handbuilt(p=7, k=3, d_mlp=10, big=8.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     d_model, H = 3 * k + 3 + p + 1, 2
     assert d_model % H == 0
-    dh = d_model // H
     emb = torch.randn(p, k, generator=g)
     W1, b1 = torch.randn(2 * k, d_mlp, generator=g), torch.randn(d_mlp, generator=g)
     W2, b2 = torch.randn(d_mlp, p, generator=g), torch.randn(d_model, generator=g)
