@@ -218,6 +218,15 @@ def test_frequency_ablation_by_construction():
     assert result["remove all non-key"]["loss"] == pytest.approx(direct_cross_entropy(full, y), rel=1e-4)
 
 
+@pytest.mark.parametrize("n_freq, keys, fraction, expected", [
+    (2, [], 0.0, "not applicable"), (2, [1], 0.9, "not applicable"),  # p <= 5: too few for a median
+    (3, [], 0.0, "none"), (3, [2], 0.5, "clear"), (3, [2], 0.49, "weak"), (56, [5, 9], 0.999, "clear"),
+])
+def test_structure_by_hand(n_freq, keys, fraction, expected):
+    f = {"frequencies": list(range(1, n_freq + 1)), "key_frequencies": keys, "key_frequency_power_fraction": fraction}
+    assert interpretability.structure(f) == expected
+
+
 def test_ranking_agreement_by_hand():
     order_1 = torch.tensor([0, 1, 2, 3, 4])
     order_2 = torch.tensor([1, 0, 2, 4, 3])  # two swaps: d^2 = 1 + 1 + 0 + 1 + 1 = 4
@@ -281,7 +290,22 @@ def test_the_command_line_reports_the_known_answers(tmp_path, capsys):
     assert summary["key_frequencies"] == KEYS and summary["structure"] == "clear"
     counts = {str(k): parts["frequency"].count(k) for k in KEYS}
     assert summary["neurons_per_key_frequency"] == counts and summary["neurons_unassigned"] == 2
-    assert summary["neuron_importance"]["top20_causal"][0] == parts["top"]
+    importance = summary["neuron_importance"]
+    with torch.no_grad():
+        ranking = rank_neurons(model, grid_for())
+    assert importance["top20_causal"][0] == parts["top"] and len(importance["top20_causal"]) == 20
+    variance = ranking["activation_variance"]
+    top_variance = importance["top20_by_activation_variance"]
+    assert len(top_variance) == 20 and sorted(variance[top_variance].tolist(), reverse=True) == \
+        variance[top_variance].tolist() and float(variance[top_variance[-1]]) >= float(variance.sort().values[-20])
+    assert importance["ranking_agreement"] == pytest.approx(ranking["agreement"])
+    ablations = summary["ablations"]
+    assert ablations["single_neuron_max_loss_increase"]["zero"] == pytest.approx(
+        float(ranking["zero_ablation_loss_increase"].max()))
+    assert ablations["single_neuron_min_acc"] == pytest.approx(
+        {"mean": float(ranking["mean_ablation_acc"].min()), "zero": float(ranking["zero_ablation_acc"].min())})
+    assert summary["embed_key_power_fraction"] == pytest.approx(1.0, abs=1e-9)  # W_E holds only the keys
+    assert "10 x the median" in summary["key_frequency_rule"]
     assert summary["losses"]["all"]["acc"] == 1.0
     grid = grid_for()
     assert summary["train_loss"] == pytest.approx(direct_loss_acc(model, grid, "train")[0], rel=1e-4)

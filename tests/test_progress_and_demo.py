@@ -130,3 +130,51 @@ def test_quick_start_runs_end_to_end_and_groks(tmp_path):
                             str(ckpt / "model_final.pth"), "--results-dir", str(tmp_path / "r2")],
                            cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0 and "Phases: memorization" in again.stdout
+
+
+@pytest.mark.parametrize("memorized, restricted, norm, expected", [
+    # the snapshot at memorization (epoch 10) holds the peak, 4; 2.0 at epoch 30 is exactly half of it
+    (10, [5.0, 4.0, 3.0, 2.0, 1.0], [9, 8, 7, 6, 5], (30, None)),
+    # 1.9 lies between a third and a half of the peak: it counts
+    (10, [5.0, 4.0, 3.0, 1.9, 1.0], [9, 8, 7, 6, 5], (30, None)),
+    # a repeated norm is not falling: clean-up waits for the next fall to start ...
+    (10, [5.0, 4.0, 3.0, 1.0, 1.0], [9, 8, 7, 7, 6], (40, None)),
+    # ... and ends where the norm stops falling
+    (10, [5.0, 4.0, 1.0, 0.5, 0.4], [9, 8, 7, 7, 6], (20, 30)),
+    # memorized at epoch 0: the first snapshot has no predecessor, so it cannot be "falling"
+    (0, [0.0, 0.0, 0.0, 0.0, 0.0], [5, 4, 3, 2, 10], (10, 40)),
+])
+def test_phase_rule_edges_by_hand(memorized, restricted, norm, expected):
+    epochs = [0, 10, 20, 30, 40]
+    history = {"epoch": epochs, "train_acc": [1.0 if e >= memorized else 0.0 for e in epochs], "test_acc": [1.0] * 5}
+    phases = phase_boundaries(history, {"epoch": epochs, "restricted_loss": restricted, "weight_norm": norm})
+    assert (phases["cleanup_start"], phases["cleanup_end"]) == expected
+
+
+def test_onset_at_exactly_the_factor():
+    series = {"epoch": [0, 10, 20], "excluded_loss": [1.0, 2.0, 9.0], "fourier_gini": [0.1, 0.2, 0.9],
+              "restricted_loss": [4.0, 2.0, 0.1], "test_loss": [4.0, 2.0, 0.1]}
+    assert onsets(series, 0) == dict.fromkeys(ONSETS, 10)  # a factor of exactly 2 counts
+
+
+@pytest.mark.parametrize("phases, expected", [
+    ({"memorization_end": None, "generalized": False, "cleanup_start": None, "cleanup_end": None},
+     "The model never memorized its training set (train accuracy < 99%): no phases to mark."),
+    ({"memorization_end": 20, "generalized": False, "cleanup_start": None, "cleanup_end": None},
+     "Memorization 0-20. The run did not generalize (test accuracy never reached 99%), "
+     "so no circuit-formation or clean-up phase is named."),
+    ({"memorization_end": 20, "generalized": True, "cleanup_start": None, "cleanup_end": None},
+     "Phases: memorization 0-20, circuit formation 20-140 (no clean-up: the restricted loss never halved "
+     "while the weight norm fell); grokked (test acc >= 99%) at epoch 90."),
+    ({"memorization_end": 20, "generalized": True, "cleanup_start": 70, "cleanup_end": None},
+     "Phases: memorization 0-20, circuit formation 20-70, clean-up 70-140 (the weight norm was still falling "
+     "at the end); grokked (test acc >= 99%) at epoch 90."),
+    ({"memorization_end": 20, "generalized": True, "cleanup_start": 70, "cleanup_end": 110},
+     "Phases: memorization 0-20, circuit formation 20-70, clean-up 70-110; grokked (test acc >= 99%) at epoch 90.\n"
+     "First moves after memorization (a factor 2 from the extreme since then): fourier gini at 50, "
+     "excluded loss at 60, restricted loss at 60, test loss at 60."),
+])
+def test_describe_word_for_word(phases, expected):
+    _, series = synthetic_run()
+    moved = onsets(series, 20) if phases["cleanup_end"] else dict.fromkeys(ONSETS)
+    assert describe({"phases": phases, "series": series, "onsets": moved, "grokking_epoch": 90}) == expected
