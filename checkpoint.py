@@ -31,8 +31,8 @@ def save_checkpoint(path, **fields) -> None:
 def load_checkpoint(path) -> dict:
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file: pass a .pth file such as "
-                              f"{path / 'model_final.pth'}")
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: pass a .pth file in it "
+                              "(model_final.pth to analyse, latest.pth to resume)")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: run `python train.py` first")
     try:

@@ -18,7 +18,7 @@ import plots
 from checkpoint import CheckpointError, load_model
 from dataset import make_table
 from model import cross_entropy_per_row, patch
-from utils import check_output_dir, provenance, write_json
+from utils import OutputDirError, check_output_dir, provenance, write_json
 
 ABLATION_KS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -40,13 +40,14 @@ class Grid:
 
 
 def ablated_logits(logits, hidden, readout, neurons, values) -> torch.Tensor:
-    """The logits with neurons' activations replaced by values[neurons] (their mean, or 0).
+    """The logits with the neurons' activations `hidden` (rows, d_hidden) replaced by `values`: a
+    (d_hidden,) vector (their mean, or 0) or one row per input.
 
     The neurons (hidden_post) feed the logits linearly through readout = model.neuron_readout(), so
     this is the hooked forward pass (model.ablate_neurons) in one matmul; tests check they agree.
     The one way every neuron ablation of the analysis is computed."""
     neurons = torch.as_tensor(neurons, dtype=torch.long)
-    return logits + (values[neurons] - hidden[:, neurons]) @ readout[neurons]
+    return logits + (values[..., neurons] - hidden[:, neurons]) @ readout[neurons]
 
 
 def neuron_ablation_effects(logits, hidden, readout, grid, values, progress=False):
@@ -124,10 +125,13 @@ def circuit_size(model, grid, causal_order, threshold: float = 0.99) -> tuple[in
     """Smallest k whose top-k neurons (causal order), with all others mean-ablated, keep accuracy
     >= threshold on all pairs. Also returns the accuracy for every k = 0..d_hidden."""
     logits, cache = model.run_with_cache(grid.a, grid.b)
-    hidden, readout = cache["hidden_post"], model.neuron_readout()
+    hidden, readout = cache["hidden_post"].double(), model.neuron_readout().double()
     mean = hidden.mean(0)  # over the whole grid, as everywhere here
-    accs = [grid.loss_acc(ablated_logits(logits, hidden, readout, causal_order[k:], mean))[1]
-            for k in range(len(causal_order) + 1)]
+    current = ablated_logits(logits.double(), hidden, readout, causal_order, mean)  # every neuron at its mean
+    accs = [grid.loss_acc(current)[1]]
+    for n in causal_order.tolist():  # give the neurons back one at a time: mean -> own activation
+        current = ablated_logits(current, mean.expand_as(hidden), readout, [n], hidden)
+        accs.append(grid.loss_acc(current)[1])
     size = next((k for k, acc in enumerate(accs) if acc >= threshold), None)
     return size, accs
 
@@ -349,7 +353,8 @@ def run(checkpoint="checkpoints/model_final.pth", results_dir="results", draws: 
     out = Path(results_dir)
     summary = summarize(result, str(checkpoint), cfg, ckpt.get("run_id"))
     write_json(out / "analysis_summary.json", summary)
-    write_json(out / "neuron_ranking.json", {"checkpoint": str(checkpoint), "neurons": neuron_table(result)})
+    write_json(out / "neuron_ranking.json", {"checkpoint": str(checkpoint), "run_id": ckpt.get("run_id"),
+                                             "neurons": neuron_table(result)})
     steps.update()
     paths = write_plots(model, grid, result, out)
     steps.update()
@@ -369,12 +374,13 @@ def main(argv=None) -> int:
     if args.progress:
         import progress  # imports this module, so only here
 
-        flags = ["--checkpoint-dir", str(Path(args.checkpoint).parent), "--results-dir", args.results_dir]
+        folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
+        flags = ["--checkpoint-dir", str(folder), "--results-dir", args.results_dir]
         return progress.main(flags + (["--quiet"] if args.quiet else []))
     try:
         check_output_dir(args.results_dir, "--results-dir")
         summary, paths = run(args.checkpoint, args.results_dir, args.draws, progress=not args.quiet)
-    except (CheckpointError, ValueError) as err:
+    except (CheckpointError, OutputDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n".join(findings(summary)))

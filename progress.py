@@ -9,7 +9,7 @@ weights. Writes results/progress_measures.{png,json}.
 
 Phase rule (also in the README), from the progress measures as Nanda et al. describe the phases:
   memorization        epoch 0 until train accuracy first reaches 99% (M, from the training history);
-  circuit formation   from M until clean-up starts; the train loss stays low while the excluded loss rises;
+  circuit formation   from M until clean-up starts;
   clean-up            from the first snapshot after M at which the restricted loss has fallen to half
                       its highest value since M while the weight norm falls, until the first snapshot at
                       which the weight norm stops falling (or the end of the run, if it never does).
@@ -29,7 +29,7 @@ from checkpoint import CheckpointError, load_model, same_run
 from interpretability import Grid, key_frequency_losses, model_key_frequencies
 from model import sum_squared_weights
 from plots import plot_progress_measures
-from utils import check_output_dir, first_epoch_at, provenance, write_json
+from utils import OutputDirError, check_output_dir, first_epoch_at, provenance, write_json
 
 ONSET_FACTOR = 2.0
 ONSETS = {"excluded_loss": "up", "fourier_gini": "up", "restricted_loss": "down", "test_loss": "down"}
@@ -114,6 +114,8 @@ def progress_measures(snapshot_paths, keys: list[int], reference: dict | None = 
 
 def run(checkpoint_dir="checkpoints", results_dir="results", progress=True) -> dict:
     """Replay checkpoint_dir/snapshots with the key frequencies of checkpoint_dir/model_final.pth."""
+    if Path(checkpoint_dir).is_file():
+        raise CheckpointError(f"{checkpoint_dir} is a file: pass the folder that holds model_final.pth and snapshots/")
     final_path = Path(checkpoint_dir) / "model_final.pth"
     model, ckpt = load_model(final_path)
     cfg = ckpt["config"]
@@ -143,6 +145,8 @@ def describe(result: dict) -> str:
                 "so no circuit-formation or clean-up phase is named.")
     lines = [f"Phases: memorization 0-{memorized}, circuit formation {memorized}-{start if start is not None else end}"
              + (f", clean-up {start}-{stop if stop is not None else end}" if start is not None else
+                " (no key frequencies, so the clean-up rule, which reads the restricted loss, does not apply)"
+                if not result["key_frequencies"] else
                 " (no clean-up: the restricted loss never halved while the weight norm fell)")
              + (" (the weight norm was still falling at the end)" if start is not None and stop is None else "")
              + f"; grokked (test acc >= 99%) at epoch {result['grokking_epoch']}."]
@@ -162,7 +166,7 @@ def main(argv=None) -> int:
     try:
         check_output_dir(args.results_dir, "--results-dir")
         result = run(args.checkpoint_dir, args.results_dir, progress=not args.quiet)
-    except (CheckpointError, ValueError) as err:
+    except (CheckpointError, OutputDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(describe(result))

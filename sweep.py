@@ -10,11 +10,12 @@ import statistics
 import sys
 import tempfile
 from dataclasses import asdict, fields, replace
+from pathlib import Path
 
 from tqdm import tqdm
 
 from train import Config, NonFiniteLoss, train
-from utils import provenance, write_json
+from utils import OutputDirError, check_output_dir, provenance, write_json
 
 
 def sweep(primes, seeds, base: Config = Config(), analyze: bool = False) -> list[dict]:
@@ -90,6 +91,10 @@ def main(argv=None) -> int:
         overrides = {name: types[name](value) for name, value in (item.split("=", 1) for item in args.set)}
     except (KeyError, ValueError):
         parser.error(f"--set takes NAME=VALUE pairs with names from train.py's Config, got {args.set}")
+    try:
+        check_output_dir(Path(args.out).parent, "--out")
+    except OutputDirError as err:
+        parser.error(str(err))
     rows = sweep(args.primes, args.seeds, base=replace(Config(), **overrides), analyze=args.analyze)
     print("\n   p | memorization epoch | grokking epoch | delay (grok/mem) | min delay | final test acc | wall s")
     for p in args.primes:

@@ -80,6 +80,15 @@ class NonFiniteLoss(Exception):
     pass
 
 
+class StoppedAtOnce(Exception):
+    """A second Ctrl-C: training stopped mid-epoch. latest_epoch: the epoch of the last resumable
+    checkpoint this session wrote (None if it wrote none)."""
+
+    def __init__(self, latest_epoch):
+        super().__init__(latest_epoch)
+        self.latest_epoch = latest_epoch
+
+
 def validate(cfg: Config) -> None:
     """Raise ValueError with one readable sentence for any setting we cannot train with."""
     check_args(cfg.p, cfg.op, cfg.train_frac)
@@ -140,10 +149,11 @@ def train_one_epoch(model, optimizer, data, full_batch, batch_size, generator) -
 
 class _DeferredInterrupt:
     """Turns the first Ctrl-C into a flag checked between epochs, so the checkpoint written on
-    interruption always holds a whole epoch; a second Ctrl-C stops at once."""
+    interruption always holds a whole epoch; a second Ctrl-C stops at once (StoppedAtOnce)."""
 
     def __init__(self):
         self.requested = False
+        self.latest_epoch = None  # of the last resumable checkpoint written, for StoppedAtOnce
 
     def __enter__(self):
         self.previous = signal.signal(signal.SIGINT, self._handle)
@@ -151,7 +161,7 @@ class _DeferredInterrupt:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            raise StoppedAtOnce(self.latest_epoch)
         self.requested = True
 
     def __exit__(self, *exc):
@@ -200,12 +210,16 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     common = {"config": asdict(cfg) | {"model": model.config()}, "run_id": run_id,
               "train_idx": data.train_idx.cpu(), "test_idx": data.test_idx.cpu()}
 
+    interrupt = _DeferredInterrupt()
+
     def save(path, epoch, resumable=False):
         extra = {}
         if resumable:
             extra = {"optimizer": optimizer.state_dict(), "step_seconds": step_seconds,
                      "rng": {"torch": torch.get_rng_state(), "batches": batch_gen.get_state()}}
         save_checkpoint(path, model=model.state_dict(), epoch=epoch, history=history, **common, **extra)
+        if resumable:
+            interrupt.latest_epoch = epoch
 
     if start_epoch == 0:
         save(ckpt_dir / "snapshots" / "epoch_00000.pth", 0)
@@ -213,7 +227,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     epoch, stopped = start_epoch, "epochs"
     bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="training", unit="epoch",
                disable=not progress, dynamic_ncols=True)
-    with _DeferredInterrupt() as interrupt:
+    with interrupt:
         while epoch < cfg.epochs:
             tick = time.perf_counter()
             train_one_epoch(model, optimizer, data, full_batch, cfg.batch_size, batch_gen)
@@ -346,11 +360,17 @@ def main(argv=None) -> int:
     except (ValueError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    latest = Path(cfg.checkpoint_dir) / "latest.pth"
     try:
         return train_and_report(cfg, resume, args.quiet)
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
-        print(f"\nerror: interrupted twice, stopped at once; resume from the last resumable checkpoint: "
-              f"python train.py --resume {Path(cfg.checkpoint_dir) / 'latest.pth'}", file=sys.stderr)
+    except StoppedAtOnce as err:
+        print("\nerror: interrupted twice, stopped at once; " + (
+            f"resume from epoch {err.latest_epoch} with: python train.py --resume {latest}"
+            if err.latest_epoch is not None else "no resumable checkpoint was written in this session"),
+              file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (setup, final plots)
+        print("\nerror: interrupted outside the training loop, stopped at once", file=sys.stderr)
         return 130
 
 

@@ -60,16 +60,23 @@ def write_json(path, data) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
+class OutputDirError(ValueError):
+    """An output folder that cannot be written."""
+
+
 def check_output_dir(path, flag: str) -> None:
-    """Raise ValueError (one sentence) unless `path` is, or can be made, a writable folder.
+    """Raise OutputDirError (one sentence) unless `path` is, or can be made, a writable folder.
     Creates nothing, so a script can check all its outputs before doing any work."""
     path = Path(path)
-    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    try:
+        existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    except PermissionError:  # a folder on the way cannot be entered
+        raise OutputDirError(f"{flag} {path}: no permission to enter a folder on that path") from None
     if not existing.is_dir():
         where = "" if existing == path else f" (inside {path})"
-        raise ValueError(f"{flag} {path}: {existing} is a file, not a folder{where}")
+        raise OutputDirError(f"{flag} {path}: {existing} is a file, not a folder{where}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: no permission to write in {existing}")
+        raise OutputDirError(f"{flag} {path}: no permission to write in {existing}")
 
 
 def first_epoch_at(history: dict, key: str, threshold: float = 0.99):

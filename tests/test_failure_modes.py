@@ -85,6 +85,10 @@ def test_an_output_folder_without_write_permission_is_refused(tmp_path):
     locked.mkdir(mode=0o500)
     out = run_script("train.py", "--p", "23", "--results-dir", str(locked / "r"), "--checkpoint-dir", str(tmp_path / "c"))
     assert one_error_line(out) and "no permission to write" in out.stderr
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o000)  # cannot even be entered
+    out = run_script("train.py", "--p", "23", "--results-dir", str(closed / "a/b"), "--checkpoint-dir", str(tmp_path / "c"))
+    assert one_error_line(out) and "no permission" in out.stderr
     assert not (tmp_path / "c").exists()
 
 
@@ -108,21 +112,40 @@ def test_second_ctrl_c_exits_130_with_one_line(tmp_path):
     ckpt = tmp_path / "c"
     # minibatches of 1 make an epoch last about a second, so the second Ctrl-C comes within the epoch
     # that the first one lets finish
-    proc = start_training(["--batch-size", "1", "--epochs", "100", "--checkpoint-dir", str(ckpt), "--results-dir",
-                           str(tmp_path / "r")], ckpt / "snapshots/epoch_00001.pth")
+    proc = start_training(["--batch-size", "1", "--epochs", "100", "--checkpoint-every", "1", "--checkpoint-dir",
+                           str(ckpt), "--results-dir", str(tmp_path / "r")], ckpt / "snapshots/epoch_00001.pth")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "Traceback" not in stderr and stderr.strip().count("\n") == 0, stderr
-    assert "latest.pth" in stderr
+    written = load_checkpoint(ckpt / "latest.pth")["epoch"]
+    assert f"resume from epoch {written} with: python train.py --resume {ckpt / 'latest.pth'}" in stderr
 
 
 def test_a_folder_given_as_checkpoint_says_so(tmp_path):
     out = run_script("interpretability.py", "--checkpoint", str(tmp_path), "--results-dir", str(tmp_path / "r"))
     assert one_error_line(out)
     assert "is a folder, not a checkpoint file" in out.stderr and "model_final.pth" in out.stderr
+    out = run_script("train.py", "--resume", str(tmp_path), "--checkpoint-dir", str(tmp_path / "c"))
+    assert one_error_line(out) and "latest.pth to resume" in out.stderr
+
+
+def test_progress_takes_the_run_folder_given_either_way(tmp_path):
+    train(small(tmp_path), progress=False)
+    ckpt = tmp_path / "ckpt"
+    out = run_script("interpretability.py", "--progress", "--checkpoint", str(ckpt), "--results-dir", str(tmp_path / "a"))
+    assert out.returncode == 0 and (tmp_path / "a/progress_measures.json").is_file(), out.stderr
+    out = run_script("progress.py", "--checkpoint-dir", str(ckpt / "model_final.pth"), "--results-dir", str(tmp_path / "b"))
+    assert one_error_line(out) and "is a file: pass the folder" in out.stderr and not (tmp_path / "b").exists()
+
+
+def test_sweep_checks_its_output_before_training(tmp_path):
+    (tmp_path / "blocked").write_text("a file")
+    out = subprocess.run([sys.executable, "sweep.py", "--seeds", "0", "--out", str(tmp_path / "blocked/sweep.json")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "is a file, not a folder" in out.stderr and "sweep:" not in out.stderr
 
 
 @pytest.mark.parametrize("p, expected", [(5, "not applicable"), (7, "none")])

@@ -312,7 +312,9 @@ def test_the_command_line_reports_the_known_answers(tmp_path, capsys):
     assert summary["test_loss"] == pytest.approx(direct_loss_acc(model, grid, "test")[0], rel=1e-4)
     assert summary["ablations"]["single_neuron_max_loss_increase"]["mean"] == pytest.approx(
         summary["neuron_importance"]["top20_loss_increase"][0])
-    table = json.loads((tmp_path / "r/neuron_ranking.json").read_text())["neurons"]
+    ranking_file = json.loads((tmp_path / "r/neuron_ranking.json").read_text())
+    assert ranking_file["run_id"] == "abc"
+    table = ranking_file["neurons"]
     assert [row["neuron"] for row in table][:1] == [parts["top"]] and table[0]["causal_rank"] == 0
     by_neuron = {row["neuron"]: row for row in table}
     assert all(by_neuron[n]["cluster"] == parts["frequency"][n] for n in range(model.d_hidden))

@@ -79,7 +79,8 @@ def test_no_phase_after_memorization_for_a_run_that_did_not_generalize(tmp_path)
     history["test_acc"] = [0.5] * len(history["epoch"])
     phases = phase_boundaries(history, series)
     assert phases == {"memorization_end": 20, "generalized": False, "cleanup_start": None, "cleanup_end": None}
-    text = describe({"phases": phases, "series": series, "onsets": onsets(series, 20), "grokking_epoch": None})
+    text = describe({"phases": phases, "series": series, "onsets": onsets(series, 20), "grokking_epoch": None,
+                     "key_frequencies": [4]})
     assert "did not generalize" in text and "clean-up" not in text.replace("or clean-up", "")
     history["train_acc"] = [0.5] * len(history["epoch"])
     assert phase_boundaries(history, series)["memorization_end"] is None
@@ -88,7 +89,7 @@ def test_no_phase_after_memorization_for_a_run_that_did_not_generalize(tmp_path)
 def test_describe_states_the_phases_and_what_moved_first():
     history, series = synthetic_run()
     result = {"phases": phase_boundaries(history, series), "series": series, "onsets": onsets(series, 20),
-              "grokking_epoch": 90}
+              "grokking_epoch": 90, "key_frequencies": [4]}
     text = describe(result)
     assert "memorization 0-20, circuit formation 20-70, clean-up 70-110" in text
     assert "grokked (test acc >= 99%) at epoch 90" in text
@@ -157,6 +158,15 @@ def test_onset_at_exactly_the_factor():
     assert onsets(series, 0) == dict.fromkeys(ONSETS, 10)  # a factor of exactly 2 counts
 
 
+def test_without_key_frequencies_the_clean_up_rule_does_not_apply():
+    _, series = synthetic_run()
+    phases = {"memorization_end": 20, "generalized": True, "cleanup_start": None, "cleanup_end": None}
+    text = describe({"phases": phases, "series": series, "onsets": dict.fromkeys(ONSETS), "grokking_epoch": 90,
+                     "key_frequencies": []})
+    assert "no key frequencies, so the clean-up rule, which reads the restricted loss, does not apply" in text
+    assert "never halved" not in text
+
+
 @pytest.mark.parametrize("phases, expected", [
     ({"memorization_end": None, "generalized": False, "cleanup_start": None, "cleanup_end": None},
      "The model never memorized its training set (train accuracy < 99%): no phases to mark."),
@@ -177,4 +187,5 @@ def test_onset_at_exactly_the_factor():
 def test_describe_word_for_word(phases, expected):
     _, series = synthetic_run()
     moved = onsets(series, 20) if phases["cleanup_end"] else dict.fromkeys(ONSETS)
-    assert describe({"phases": phases, "series": series, "onsets": moved, "grokking_epoch": 90}) == expected
+    result = {"phases": phases, "series": series, "onsets": moved, "grokking_epoch": 90, "key_frequencies": [4]}
+    assert describe(result) == expected
