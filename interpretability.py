@@ -33,6 +33,14 @@ class Grid:
         self.rows = ta * p + tb  # each data-set row's position in the grid
         self.split = {"all": torch.arange(len(self.y)), "train": train_idx, "test": test_idx}
 
+    def accuracy(self, logits_grid: torch.Tensor, split: str = "all") -> float:
+        """Share of the split's pairs whose correct logit is strictly the largest (as loss_acc counts
+        them), without the cost of the loss."""
+        idx = self.split[split]
+        logits, y = logits_grid[self.rows[idx]], self.y[idx]
+        at_least_correct = (logits >= logits.gather(-1, y[:, None])).sum(-1)  # 1: only the correct one
+        return (at_least_correct == 1).double().mean().item()
+
     def loss_acc(self, logits_grid: torch.Tensor, split: str = "all") -> tuple[float, float]:
         idx = self.split[split]
         loss, correct = cross_entropy_per_row(logits_grid[self.rows[idx]], self.y[idx])
@@ -128,10 +136,10 @@ def circuit_size(model, grid, causal_order, threshold: float = 0.99) -> tuple[in
     hidden, readout = cache["hidden_post"].double(), model.neuron_readout().double()
     mean = hidden.mean(0)  # over the whole grid, as everywhere here
     current = ablated_logits(logits.double(), hidden, readout, causal_order, mean)  # every neuron at its mean
-    accs = [grid.loss_acc(current)[1]]
+    accs = [grid.accuracy(current)]
     for n in causal_order.tolist():  # give the neurons back one at a time: mean -> own activation
         current = ablated_logits(current, mean.expand_as(hidden), readout, [n], hidden)
-        accs.append(grid.loss_acc(current)[1])
+        accs.append(grid.accuracy(current))
     size = next((k for k, acc in enumerate(accs) if acc >= threshold), None)
     return size, accs
 
