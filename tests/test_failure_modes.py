@@ -36,6 +36,7 @@ def one_error_line(out):
     return out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("other", [{"p": 13}, {"seed": 1}], ids=["other p", "same p, other run"])
 def test_progress_refuses_snapshots_of_another_run(tmp_path, other):
     """An interrupted new run in the same folder leaves the old model_final.pth beside new snapshots."""
@@ -61,6 +62,7 @@ def test_every_file_of_a_run_carries_its_run_id(tmp_path):
     assert other["run_id"] != summary["run_id"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script, flag", [("train.py", "--results-dir"), ("train.py", "--checkpoint-dir"),
                                           ("interpretability.py", "--results-dir"), ("progress.py", "--results-dir")])
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, script, flag):
@@ -79,6 +81,7 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, sc
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(AS_ROOT, reason="root may write anywhere, so a read-only folder cannot refuse it")
 def test_an_output_folder_without_write_permission_is_refused(tmp_path):
     locked = tmp_path / "locked"
@@ -92,6 +95,7 @@ def test_an_output_folder_without_write_permission_is_refused(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.subprocess
 def test_resume_of_a_finished_run_changes_nothing(tmp_path):
     """A run that stopped at stop_after_grok x its grokking epoch is finished: resuming it would train
     one more epoch and overwrite model_final.pth."""
@@ -108,6 +112,7 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path):
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
 
 
+@pytest.mark.subprocess
 def test_second_ctrl_c_exits_130_with_one_line(tmp_path):
     ckpt = tmp_path / "c"
     # minibatches of 1 make an epoch last about a second, so the second Ctrl-C comes within the epoch
@@ -124,6 +129,7 @@ def test_second_ctrl_c_exits_130_with_one_line(tmp_path):
     assert f"resume from epoch {written} with: python train.py --resume {ckpt / 'latest.pth'}" in stderr
 
 
+@pytest.mark.subprocess
 def test_a_folder_given_as_checkpoint_says_so(tmp_path):
     out = run_script("interpretability.py", "--checkpoint", str(tmp_path), "--results-dir", str(tmp_path / "r"))
     assert one_error_line(out)
@@ -132,6 +138,7 @@ def test_a_folder_given_as_checkpoint_says_so(tmp_path):
     assert one_error_line(out) and "latest.pth to resume" in out.stderr
 
 
+@pytest.mark.subprocess
 def test_progress_takes_the_run_folder_given_either_way(tmp_path):
     train(small(tmp_path), progress=False)
     ckpt = tmp_path / "ckpt"
@@ -141,6 +148,7 @@ def test_progress_takes_the_run_folder_given_either_way(tmp_path):
     assert one_error_line(out) and "is a file: pass the folder" in out.stderr and not (tmp_path / "b").exists()
 
 
+@pytest.mark.subprocess
 def test_sweep_checks_its_output_before_training(tmp_path):
     (tmp_path / "blocked").write_text("a file")
     out = subprocess.run([sys.executable, "sweep.py", "--seeds", "0", "--out", str(tmp_path / "blocked/sweep.json")],

@@ -153,6 +153,7 @@ def run_cli(*args):
                           capture_output=True, text=True)
 
 
+@pytest.mark.subprocess
 def test_cli_on_handbuilt_checkpoint_writes_summary_and_plots(tmp_path):
     model, _ = handbuilt_model(P, KEYS)
     data = make_data(P, "add", 0.3, 0)
@@ -172,6 +173,7 @@ def test_cli_on_handbuilt_checkpoint_writes_summary_and_plots(tmp_path):
     assert "Key frequencies [4, 11, 23]" in out.stdout
 
 
+@pytest.mark.subprocess
 def test_cli_missing_and_foreign_checkpoints(tmp_path):
     out = run_cli("--checkpoint", str(tmp_path / "none.pth"), "--results-dir", str(tmp_path / "res"))
     assert out.returncode != 0 and "python train.py" in out.stderr and out.stderr.count("\n") == 1

@@ -319,9 +319,24 @@ def test_the_command_line_reports_the_known_answers(tmp_path, capsys):
     by_neuron = {row["neuron"]: row for row in table}
     assert all(by_neuron[n]["cluster"] == parts["frequency"][n] for n in range(model.d_hidden))
     assert by_neuron[parts["dead"]]["activation_variance"] == 0.0
+    assert summary["restricted_acc"] == 1.0 and summary["excluded_acc"] < 0.1  # the bias alone is near chance
+    assert summary["logit_alphas"] == pytest.approx({str(k): 4.0 for k in KEYS}, abs=1e-6)
+    assert [row["ablation"] for row in summary["frequency_ablation"]] == [f"remove {k}" for k in KEYS] + [
+        "remove all non-key"]
+    assert ranking_file["checkpoint"] == str(tmp_path / "hand.pth")
+    top_row = table[0]
+    assert top_row["activation_rank"] == int((variance > variance[parts["top"]]).sum())  # rank by variance, 0 = top
+    assert top_row["mean_ablation_loss_increase"] == pytest.approx(float(ranking["mean_ablation_loss_increase"].max()))
+    assert top_row["zero_ablation_loss_increase"] == pytest.approx(
+        float(ranking["zero_ablation_loss_increase"][parts["top"]]))
+    assert top_row["dominant_frequency"] == parts["frequency"][parts["top"]] == 4
+    assert top_row["dominant_frequency_fraction"] == pytest.approx(0.8, abs=1e-6)  # (x +- y)^2: 1 of 1.25
     printed = capsys.readouterr().out
     assert "Key frequencies [4, 11, 23]" in printed and f"{sum(counts.values())} neurons are tied" in printed
     assert f"Circuit size: {summary['circuit_size']} neurons" in printed
+    assert interpretability.main(["--checkpoint", str(tmp_path / "none.pth"), "--results-dir", str(tmp_path / "x"),
+                                  "--quiet"]) == 2
+    assert not (tmp_path / "x").exists()
     for name in ("activation_heatmap", "neuron_ranking", "ablation_curves", "fourier_spectrum", "neuron_clusters",
                  "frequency_ablation", "activation_overview"):
         assert (tmp_path / f"r/{name}.png").stat().st_size > 10_000
@@ -348,8 +363,9 @@ def test_progress_replay_of_hand_built_snapshots(tmp_path, capsys):
         save_checkpoint(tmp_path / f"c/snapshots/epoch_{epoch:05d}.pth", model=scaled.state_dict(), epoch=epoch,
                         **common)
     save_checkpoint(tmp_path / "c/model_final.pth", model=model.state_dict(), epoch=40, **common)
-    assert progress.main(["--checkpoint-dir", str(tmp_path / "c"), "--results-dir", str(tmp_path / "r"),
-                          "--quiet"]) == 0
+    assert interpretability.main(["--progress", "--checkpoint", str(tmp_path / "c/model_final.pth"), "--results-dir",
+                                  str(tmp_path / "r"), "--quiet"]) == 0
+    assert progress.main(["--checkpoint-dir", str(tmp_path / "c/model_final.pth"), "--quiet"]) == 2  # a file
     result = json.loads((tmp_path / "r/progress_measures.json").read_text())
     series = result["series"]
     assert result["key_frequencies"] == KEYS and result["run_id"] == "r1" and result["grokking_epoch"] == 30
@@ -371,3 +387,39 @@ def test_progress_replay_of_hand_built_snapshots(tmp_path, capsys):
     assert result["phases"]["memorization_end"] == 10 and result["phases"]["generalized"]
     assert "Phases: memorization 0-10" in capsys.readouterr().out
     assert (tmp_path / "r/progress_measures.png").stat().st_size > 10_000
+
+
+def test_findings_word_for_word():
+    summary = {"losses": {"test": {"acc": 0.5}, "train": {"acc": 1.0}, "all": {"loss": 2e-6}},
+               "config": {"p": 59, "op": "sub"}, "structure": "weak", "key_frequencies": [4, 11],
+               "key_frequency_power_fraction": 0.42, "neurons_per_key_frequency": {4: 8, 11: 3},
+               "logit_variance_explained": 0.9, "restricted_loss": 1e-5, "excluded_loss": 4.0,
+               "train_loss": 3e-6, "circuit_size": None}
+    assert interpretability.findings(summary) == [
+        "Model: test accuracy 50.0%, train accuracy 100.0%.",
+        "Key frequencies [4, 11] hold 42% of the neurons' input power (weak structure); 11 neurons are tied to one "
+        "of them.",
+        "A sum of cos(w_k(a-b-c)) over them explains 90% of the logits' variance. Restricted loss (key directions "
+        "only, all pairs) 1e-05 vs 2e-06 unrestricted; excluded loss (key directions removed, train set) 4 vs train "
+        "loss 3e-06.",
+        "No set of neurons retains 99% accuracy (the model itself does not reach it)."]
+    summary |= {"structure": "none", "circuit_size": 7}
+    assert interpretability.findings(summary)[1:] == [
+        "No clear frequency structure found: no frequency stands out of the spectrum (expected for an untrained "
+        "or memorizing-only model).",
+        "Circuit size: 7 neurons kept (the rest mean-ablated) retain >= 99% accuracy."]
+    summary |= {"structure": "not applicable", "config": {"p": 5, "op": "add"}}
+    assert interpretability.findings(summary)[1] == (
+        "p = 5 has only 2 frequencies: the key-frequency rule (power >= 10x the median) needs at least 3, so it "
+        "is not applied.")
+
+
+def test_reindex_by_frequency_by_hand():
+    """A neuron cos(w_k a) cos(w_k b): after re-indexing, row j holds a = j / k mod p, so it reads
+    cos(2 pi j / p) cos(2 pi i / p): one smooth wave per axis."""
+    p, k = 13, 5
+    x = torch.arange(p, dtype=torch.float64)
+    act = torch.outer(torch.cos(2 * math.pi * k * x / p), torch.cos(2 * math.pi * k * x / p))
+    smooth = torch.outer(torch.cos(2 * math.pi * x / p), torch.cos(2 * math.pi * x / p))
+    torch.testing.assert_close(interpretability.reindex_by_frequency(act, k), smooth)
+    assert torch.equal(interpretability.reindex_by_frequency(act, 13), act)  # 13 has no inverse mod 13: as it is

@@ -96,6 +96,7 @@ def test_describe_states_the_phases_and_what_moved_first():
     assert "fourier gini at 50, excluded loss at 60, restricted loss at 60, test loss at 60" in text
 
 
+@pytest.mark.subprocess
 def test_setup_script_passes_and_fails_on_unwritable_folder(tmp_path):
     ok = subprocess.run([sys.executable, "test_setup.py", "--checkpoint-dir", str(tmp_path / "c"),
                          "--results-dir", str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True)
@@ -108,6 +109,7 @@ def test_setup_script_passes_and_fails_on_unwritable_folder(tmp_path):
     assert "✗ results folder: cannot write" in bad.stdout
 
 
+@pytest.mark.subprocess
 def test_quick_start_runs_end_to_end_and_groks(tmp_path):
     ckpt, res = tmp_path / "c", tmp_path / "r"
     out = subprocess.run([sys.executable, "example_quick_start.py", "--quiet", "--p", "59",
