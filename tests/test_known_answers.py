@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fourier
 import interpretability
 from checkpoint import save_checkpoint
 from dataset import make_data
@@ -385,6 +386,11 @@ def test_progress_replay_of_hand_built_snapshots(tmp_path, capsys):
         assert series["weight_norm"][i] == pytest.approx(by_hand, rel=1e-6)  # the snapshots hold s x W_U in float32
         assert series["fourier_gini"][i] == pytest.approx(1 - 3 / 29, abs=1e-9)  # 3 of 29 frequencies, equal power
     assert result["phases"]["memorization_end"] == 10 and result["phases"]["generalized"]
+    assert result["checkpoint_dir"] == str(tmp_path / "c") and result["config"]["p"] == P
+    restricted_at_10 = direct_cross_entropy(built[grid.rows], grid.y)  # s = 1 at memorization; it falls after
+    halved = next(e for e, s in scales.items() if e > 10 and direct_cross_entropy(s * built[grid.rows], grid.y)
+                  <= restricted_at_10 / 2)
+    assert result["onsets"]["restricted_loss"] == halved
     assert "Phases: memorization 0-10" in capsys.readouterr().out
     assert (tmp_path / "r/progress_measures.png").stat().st_size > 10_000
 
@@ -423,3 +429,66 @@ def test_reindex_by_frequency_by_hand():
     smooth = torch.outer(torch.cos(2 * math.pi * x / p), torch.cos(2 * math.pi * x / p))
     torch.testing.assert_close(interpretability.reindex_by_frequency(act, k), smooth)
     assert torch.equal(interpretability.reindex_by_frequency(act, 13), act)  # 13 has no inverse mod 13: as it is
+
+
+def test_progress_refuses_a_snapshot_of_another_run_and_a_folder_without_snapshots(tmp_path, capsys):
+    import progress
+    from checkpoint import CheckpointError, load_checkpoint
+
+    model, _ = annotated_model(P, KEYS)
+    data = make_data(P, "add", 0.3, 0)
+    for run_id in ("mine", "other"):
+        save_checkpoint(tmp_path / f"{run_id}.pth", model=model.state_dict(), epoch=0, run_id=run_id, history={},
+                        config={"p": P, "op": "add", "model": model.config()}, train_idx=data.train_idx,
+                        test_idx=data.test_idx)
+    mine = load_checkpoint(tmp_path / "mine.pth")
+    assert progress.progress_measures([tmp_path / "mine.pth"], KEYS, mine, progress=False)["epoch"] == [0]
+    with pytest.raises(CheckpointError, match=r"other\.pth belongs to another run \(run id mine vs other\)"):
+        progress.progress_measures([tmp_path / "other.pth"], KEYS, mine, progress=False)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "mine.pth").rename(tmp_path / "run/model_final.pth")
+    with pytest.raises(CheckpointError, match=f"no snapshots in {tmp_path / 'run' / 'snapshots'}"):
+        progress.run(tmp_path / "run", tmp_path / "r", progress=False)
+    (tmp_path / "blocked").write_text("a file")
+    assert progress.main(["--checkpoint-dir", str(tmp_path / "run"), "--results-dir", str(tmp_path / "blocked")]) == 2
+    assert "--results-dir" in capsys.readouterr().err
+
+
+def test_notebook_defaults_match_the_command_line():
+    """run() called from a notebook reads and writes where the script does by default."""
+    import inspect
+
+    import progress
+
+    for module, flags in ((progress, {"checkpoint_dir": "checkpoints", "results_dir": "results"}),
+                          (interpretability, {"checkpoint": "checkpoints/model_final.pth", "results_dir": "results",
+                                              "draws": 5})):
+        defaults = {k: v.default for k, v in inspect.signature(module.run).parameters.items()}
+        assert {k: defaults[k] for k in flags} == flags
+
+
+def test_plots_receive_what_the_analysis_found(tmp_path, monkeypatch):
+    """write_plots hands each plot function the right arrays and labels (recorded, not drawn)."""
+    calls = {}
+    for name in ("plot_neuron_heatmaps", "plot_neuron_overview", "plot_neuron_ranking", "plot_ablation_curves",
+                 "plot_fourier_spectrum", "plot_neuron_clusters", "plot_frequency_ablation"):
+        monkeypatch.setattr(interpretability.plots, name, lambda *args, _n=name: calls.setdefault(_n, args))
+    model, parts = annotated_model(P, KEYS)
+    grid = grid_for()
+    with torch.no_grad():
+        result = interpretability.analyze(model, grid, draws=1)
+    paths = interpretability.write_plots(model, grid, result, tmp_path)
+    assert [p.name for p in paths] == ["activation_heatmap.png", "neuron_ranking.png", "ablation_curves.png",
+                                       "fourier_spectrum.png", "neuron_clusters.png", "frequency_ablation.png",
+                                       "activation_overview.png"]
+    heatmaps, labels = calls["plot_neuron_heatmaps"][:2]
+    assert heatmaps.shape == (16, P, P) and len(labels) == 16
+    assert labels[0].startswith(f"neuron {parts['top']} (rank 1)\nfreq 4, 80% of var")
+    overview, names = calls["plot_neuron_overview"][:2]
+    assert overview.shape == (min(64, model.d_hidden), P, P) and names[0] == f"#1: n{parts['top']}, k=4"
+    assert calls["plot_ablation_curves"][2] == result["circuit_size"] is not None
+    f = result["fourier"]
+    spectrum = calls["plot_fourier_spectrum"]
+    assert list(spectrum[2]) == pytest.approx((f["hidden_power_a"] + f["hidden_power_b"]).tolist())
+    assert spectrum[4] == pytest.approx(fourier.key_threshold(f["hidden_power_a"] + f["hidden_power_b"]))
+    assert calls["plot_neuron_clusters"][1] == f["neuron_frequency"] and calls["plot_neuron_clusters"][3] == KEYS
