@@ -14,8 +14,10 @@ from model import ToyMLP
 PHASES = [j * math.pi / 4 for j in range(4)]
 
 
-def handbuilt_model(p: int, keys: list[int], scale: float = 5.0) -> tuple[ToyMLP, list[int]]:
-    """Returns the model and, for each neuron, the frequency it was built from."""
+def handbuilt_model(p: int, keys: list[int], scale: float = 5.0, op: str = "add") -> tuple[ToyMLP, list[int]]:
+    """Returns the model and, for each neuron, the frequency it was built from. With op="sub" the
+    b part of W_in reads cos(-w_k b + phi) instead, so the network computes (a - b) mod p."""
+    b_sign = -1 if op == "sub" else 1
     d_embed, d_hidden = 2 * len(keys), 8 * len(keys)
     model = ToyMLP(p, d_embed, d_hidden, activation="quadratic")
     x = torch.arange(p, dtype=torch.float64)
@@ -31,7 +33,8 @@ def handbuilt_model(p: int, keys: list[int], scale: float = 5.0) -> tuple[ToyMLP
                 n = len(neuron_freq)
                 # cos(w a + phi) = cos(phi) cos(w a) - sin(phi) sin(w a)
                 W_in[2 * i, n], W_in[2 * i + 1, n] = math.cos(phi), -math.sin(phi)
-                W_in[d_embed + 2 * i, n], W_in[d_embed + 2 * i + 1, n] = sign * math.cos(phi), -sign * math.sin(phi)
+                W_in[d_embed + 2 * i, n] = sign * math.cos(phi)
+                W_in[d_embed + 2 * i + 1, n] = -sign * b_sign * math.sin(phi)  # cos(-w b + phi) for sub
                 W_U[n] = sign * scale * torch.cos(w * x + 2 * phi)
                 neuron_freq.append(k)
     with torch.no_grad():

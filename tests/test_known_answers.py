@@ -200,6 +200,20 @@ def test_fourier_analysis_of_the_annotated_network():
     assert expected < 0.999  # the bias is large enough to matter
 
 
+def test_the_analysis_of_sub_uses_a_minus_b():
+    """A network built for (a - b) mod p: the fit over cos(w_k (a - b - c)) finds alpha_k = 4 x scale
+    and explains everything; read as a + b, it would explain nothing."""
+    model, freq = handbuilt_model(P, KEYS, scale=1.0, op="sub")
+    grid = grid_for(op="sub")
+    with torch.no_grad():
+        f = fourier_analysis(model, grid)
+        assert (model(grid.a, grid.b)[grid.rows].argmax(1) == grid.y).all()  # it computes a - b
+    assert f["key_frequencies"] == KEYS and f["neuron_cluster"] == freq
+    assert f["logit_alphas"] == pytest.approx({k: 4.0 for k in KEYS}, abs=1e-6)
+    assert f["logit_variance_explained"] == pytest.approx(1.0, abs=1e-9)
+    assert f["restricted_acc"] == 1.0 and f["excluded_loss"] == pytest.approx(math.log(P), rel=1e-4)
+
+
 def test_frequency_ablation_by_construction():
     """Projecting key k out of W_E silences its neurons (their inputs are only cos/sin of k), leaving
     the logits of the other keys; projecting out every non-key frequency changes nothing."""
@@ -335,9 +349,15 @@ def test_the_command_line_reports_the_known_answers(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Key frequencies [4, 11, 23]" in printed and f"{sum(counts.values())} neurons are tied" in printed
     assert f"Circuit size: {summary['circuit_size']} neurons" in printed
+    for mode in ("ablate", "keep"):  # --draws 1: one random set per k, so no spread
+        assert summary["ablations"][mode]["random_acc_std"] == [0.0] * len(summary["ablations"]["k"])
     assert interpretability.main(["--checkpoint", str(tmp_path / "none.pth"), "--results-dir", str(tmp_path / "x"),
                                   "--quiet"]) == 2
     assert not (tmp_path / "x").exists()
+    (tmp_path / "blocked").write_text("a file")
+    assert interpretability.main(["--checkpoint", str(tmp_path / "hand.pth"), "--results-dir",
+                                  str(tmp_path / "blocked"), "--quiet"]) == 2
+    assert "error: --results-dir" in capsys.readouterr().err
     for name in ("activation_heatmap", "neuron_ranking", "ablation_curves", "fourier_spectrum", "neuron_clusters",
                  "frequency_ablation", "activation_overview"):
         assert (tmp_path / f"r/{name}.png").stat().st_size > 10_000
@@ -367,6 +387,9 @@ def test_progress_replay_of_hand_built_snapshots(tmp_path, capsys):
     assert interpretability.main(["--progress", "--checkpoint", str(tmp_path / "c/model_final.pth"), "--results-dir",
                                   str(tmp_path / "r"), "--quiet"]) == 0
     assert progress.main(["--checkpoint-dir", str(tmp_path / "c/model_final.pth"), "--quiet"]) == 2  # a file
+    assert interpretability.main(["--progress", "--checkpoint", str(tmp_path / "c"), "--results-dir",
+                                  str(tmp_path / "r2"), "--quiet"]) == 0  # the run's folder works too
+    assert (tmp_path / "r2/progress_measures.json").is_file()
     result = json.loads((tmp_path / "r/progress_measures.json").read_text())
     series = result["series"]
     assert result["key_frequencies"] == KEYS and result["run_id"] == "r1" and result["grokking_epoch"] == 30
