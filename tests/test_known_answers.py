@@ -515,3 +515,71 @@ def test_plots_receive_what_the_analysis_found(tmp_path, monkeypatch):
     assert list(spectrum[2]) == pytest.approx((f["hidden_power_a"] + f["hidden_power_b"]).tolist())
     assert spectrum[4] == pytest.approx(fourier.key_threshold(f["hidden_power_a"] + f["hidden_power_b"]))
     assert calls["plot_neuron_clusters"][1] == f["neuron_frequency"] and calls["plot_neuron_clusters"][3] == KEYS
+
+
+def test_random_curves_are_the_seeded_draws_by_weight_surgery():
+    """The random neuron sets are torch.randperm draws from Generator(seed), in the order the curves
+    are built (ablate, then keep; k ascending; draws); mean and spread (over the draws) by hand."""
+    model, _ = annotated_model(P, KEYS)
+    grid = grid_for()
+    d, draws, seed = model.d_hidden, 3, 7
+    means = neuron_means(model, grid)
+    with torch.no_grad():
+        curves = ablation_curves(model, grid, torch.arange(d), draws=draws, seed=seed)
+        again = ablation_curves(model, grid, torch.arange(d), draws=draws, seed=seed)
+        other = ablation_curves(model, grid, torch.arange(d), draws=draws, seed=seed + 1)
+    assert curves == again and curves != other  # reproducible, and the seed matters
+    gen = torch.Generator().manual_seed(seed)
+    for mode in ("ablate", "keep"):
+        for i, k in enumerate(curves["k"]):
+            results = []
+            for _ in range(draws):
+                order = torch.randperm(d, generator=gen)
+                chosen = order[:k] if mode == "ablate" else order[k:]
+                results.append(direct_loss_acc(with_constant_neurons(model, chosen.tolist(), means), grid))
+            losses, accs = torch.tensor([r[0] for r in results]), torch.tensor([r[1] for r in results])
+            c = curves[mode]
+            assert c["random_loss_mean"][i] == pytest.approx(float(losses.mean()), rel=1e-4)
+            assert c["random_acc_mean"][i] == pytest.approx(float(accs.mean()), abs=1e-9)
+            spread = lambda v: math.sqrt(float(((v - v.mean()) ** 2).mean()))  # noqa: E731  population
+            assert c["random_loss_std"][i] == pytest.approx(spread(losses), rel=1e-3, abs=1e-6)
+            assert c["random_acc_std"][i] == pytest.approx(spread(accs), abs=1e-6)
+
+
+def test_frequency_ablation_matches_an_embedding_edited_by_hand():
+    """On a random ReLU network (nothing symmetric to hide a mistake): removing frequencies through
+    the hooks equals a copy whose W_E itself has those frequencies projected out, for both operands."""
+    torch.manual_seed(4)
+    model = ToyMLP(23, 16, 32).eval()
+    grid = grid_for(23)
+    keys = [3, 5]
+    with torch.no_grad():
+        result = frequency_ablation(model, grid, keys)
+    x = torch.arange(23, dtype=torch.float64)
+    for row in result:
+        edited = ToyMLP(23, 16, 32)
+        edited.load_state_dict(model.state_dict())
+        W_E = model.W_E.detach().double()
+        for k in row["frequencies"]:  # project out cos and sin of k, by hand
+            for wave in (torch.cos(2 * math.pi * k * x / 23), torch.sin(2 * math.pi * k * x / 23)):
+                wave = wave / wave.norm()
+                W_E = W_E - torch.outer(wave, wave @ W_E)
+        with torch.no_grad():
+            edited.W_E.copy_(W_E)
+        loss, acc = direct_loss_acc(edited.eval(), grid)
+        assert row["loss"] == pytest.approx(loss, rel=1e-4) and row["acc"] == pytest.approx(acc)
+
+
+def test_circuit_size_meets_the_threshold_inclusively():
+    model, freq = handbuilt_model(P, KEYS, scale=1.0)
+    with torch.no_grad():
+        model.b_U.copy_(1e-3 * torch.cos(2 * math.pi * torch.arange(P) / P))
+    grid = grid_for()
+    order = torch.tensor([n for n, k in enumerate(freq) if k == 11] + [n for n, k in enumerate(freq) if k != 11])
+    with torch.no_grad():
+        size, accs = circuit_size(model, grid, order, threshold=1.0)
+    assert accs[size] == 1.0 and size == next(k for k, acc in enumerate(accs) if acc == 1.0)
+
+
+def test_spearman_for_two_neurons():
+    assert ranking_agreement(torch.tensor([0, 1]), torch.tensor([1, 0]))["spearman"] == pytest.approx(-1.0)
