@@ -477,17 +477,22 @@ def test_progress_refuses_a_snapshot_of_another_run_and_a_folder_without_snapsho
     assert "--results-dir" in capsys.readouterr().err
 
 
-def test_notebook_defaults_match_the_command_line():
-    """run() called from a notebook reads and writes where the script does by default."""
-    import inspect
-
+def test_notebook_defaults_match_the_command_line(tmp_path, monkeypatch):
+    """run() called with no arguments reads checkpoints/ and writes results/, as the scripts do."""
     import progress
 
-    for module, flags in ((progress, {"checkpoint_dir": "checkpoints", "results_dir": "results"}),
-                          (interpretability, {"checkpoint": "checkpoints/model_final.pth", "results_dir": "results",
-                                              "draws": 5})):
-        defaults = {k: v.default for k, v in inspect.signature(module.run).parameters.items()}
-        assert {k: defaults[k] for k in flags} == flags
+    model, _ = annotated_model(P, KEYS)
+    data = make_data(P, "add", 0.3, 0)
+    fields = {"model": model.state_dict(), "epoch": 0, "run_id": "d", "config": {"p": P, "op": "add",
+              "model": model.config()}, "history": {"epoch": [0], "train_acc": [1.0], "test_acc": [1.0]},
+              "train_idx": data.train_idx, "test_idx": data.test_idx}
+    save_checkpoint(tmp_path / "checkpoints/model_final.pth", **fields)
+    save_checkpoint(tmp_path / "checkpoints/snapshots/epoch_00000.pth", **fields)
+    monkeypatch.chdir(tmp_path)
+    summary, _ = interpretability.run(progress=False)
+    assert summary["checkpoint"] == "checkpoints/model_final.pth" and (tmp_path / "results/analysis_summary.json").is_file()
+    assert progress.run(progress=False)["checkpoint_dir"] == "checkpoints"
+    assert (tmp_path / "results/progress_measures.json").is_file()
 
 
 def test_plots_receive_what_the_analysis_found(tmp_path, monkeypatch):
