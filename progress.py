@@ -66,7 +66,7 @@ def phase_boundaries(history: dict, series: dict) -> dict:
         peak = restricted[i] if peak is None else max(peak, restricted[i])
         falling = i > 0 and norm[i] < norm[i - 1]
         if phases["cleanup_start"] is None:
-            if falling and restricted[i] <= peak / 2:
+            if falling and restricted[i] <= peak / ONSET_FACTOR:  # the restricted loss's onset criterion
                 phases["cleanup_start"] = epoch
         elif not falling:
             phases["cleanup_end"] = epoch

@@ -244,8 +244,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
                 save(ckpt_dir / "snapshots" / f"epoch_{epoch:05d}.pth", epoch)
             if epoch % cfg.checkpoint_every == 0:
                 save(ckpt_dir / "latest.pth", epoch, resumable=True)
-            grok = first_epoch_at(history, "test_acc")
-            if cfg.stop_after_grok and grok is not None and epoch >= cfg.stop_after_grok * grok:
+            if reached_stop_rule(cfg, history, epoch):
                 stopped = f"reached {cfg.stop_after_grok:g} x the grokking epoch"
                 break
             if interrupt.requested:
@@ -337,14 +336,21 @@ def config_from_args(argv) -> tuple[Config, dict | None, argparse.Namespace]:
     return Config(**({k: getattr(args, k) for k in names} | PRESETS[args.preset] | given)), None, args
 
 
+def reached_stop_rule(cfg: Config, history: dict, epoch: int) -> bool:
+    """The stop rule: the run has grokked and reached --stop-after-grok x its grokking epoch."""
+    grokked = first_epoch_at(history, "test_acc")
+    return bool(cfg.stop_after_grok) and grokked is not None and epoch >= cfg.stop_after_grok * grokked
+
+
 def check_unfinished(resume: dict, cfg: Config, path) -> None:
     """Raise ValueError if resuming would train nothing: the run already reached --epochs or its
     stop rule (so resuming must not touch model_final.pth); say how to extend it."""
-    epoch, grokked = resume["epoch"], first_epoch_at(resume["history"], "test_acc")
+    epoch = resume["epoch"]
     extend = f"python train.py --resume {path} --stop-after-grok 0 --epochs {2 * epoch}"
     if epoch >= cfg.epochs:
         raise ValueError(f"the checkpoint is already at epoch {epoch}: to go on, pass a larger --epochs ({extend})")
-    if cfg.stop_after_grok and grokked is not None and epoch >= cfg.stop_after_grok * grokked:
+    if reached_stop_rule(cfg, resume["history"], epoch):
+        grokked = first_epoch_at(resume["history"], "test_acc")
         raise ValueError(f"the run is finished: it grokked at epoch {grokked} and stopped at epoch {epoch} "
                          f"({cfg.stop_after_grok:g} x that). To extend it: {extend}")
 
