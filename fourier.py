@@ -158,6 +158,20 @@ def logit_fit(logits: torch.Tensor, keys: list[int], op: str = "add") -> tuple[f
     return explained, alphas
 
 
+def grid_key_part(acts: torch.Tensor, keys: list[int]) -> torch.Tensor:
+    """acts (p, p, n) over the grid (a, b): the part of each (centred) column made of frequency-k
+    terms for k in keys (cos/sin(w_k a), cos/sin(w_k b) and their products), the same blocks
+    neuron_frequency_fractions measures. Float64; acts - acts.mean((0, 1)) - this is the rest."""
+    p = acts.shape[0]
+    basis = fourier_basis(p)[0]
+    row_freq = frequency_of_rows(p)
+    centred = acts.double() - acts.double().mean(dim=(0, 1))
+    coeffs = torch.einsum("ia,abn,jb->ijn", basis, centred, basis)  # (a-freq row, b-freq row, n)
+    in_key = torch.isin(row_freq, torch.tensor([0, *keys], dtype=torch.long))
+    mask = (in_key[:, None] & in_key[None, :]).double()  # blocks of key frequencies (const x const is 0)
+    return torch.einsum("ia,ijn,jb->abn", basis, coeffs * mask[..., None], basis)
+
+
 def remove_frequencies(table: torch.Tensor, freqs: list[int]) -> torch.Tensor:
     """table (p, n) with the cos/sin components of the given frequencies projected out."""
     p = table.shape[0]

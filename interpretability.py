@@ -1,4 +1,4 @@
-"""Open a trained ToyMLP and measure how it computes (a + b) mod p.
+"""Open a trained network (ToyMLP or the 1-layer transformer) and measure how it computes (a + b) mod p.
 
     python interpretability.py                                   # checkpoints/model_final.pth -> results/
     python interpretability.py --checkpoint checkpoints/snapshots/epoch_00100.pth --results-dir results/e100
@@ -15,9 +15,10 @@ from tqdm import tqdm
 
 import fourier
 import plots
+import transformer_analysis
 from checkpoint import CheckpointError, load_model
 from dataset import make_table
-from model import cross_entropy_per_row, patch
+from model import cross_entropy_per_row
 from utils import OutputDirError, check_output_dir, provenance, write_json
 
 ABLATION_KS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -144,10 +145,26 @@ def circuit_size(model, grid, causal_order, threshold: float = 0.99) -> tuple[in
     return size, accs
 
 
+def token_embedding(model) -> torch.Tensor:
+    """(p, width): the embedding rows of the p number tokens (the transformer's row p is "=")."""
+    return model.W_E[:model.p]
+
+
+def operand_tables(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each operand's input to the neurons: hidden_pre over all (a, b), averaged over b (a table
+    per a) and over a (per b), (p, d_hidden) each. For ToyMLP, whose hidden_pre is
+    table_a[a] + table_b[b] + b_in, these are its token tables plus constants, which no frequency
+    k >= 1 sees; for the transformer, the part of each neuron's input that depends on one operand."""
+    p = model.p
+    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
+    with torch.no_grad():
+        pre = model.run_with_cache(a, b)[1]["hidden_pre"].double().reshape(p, p, -1)
+    return pre.mean(1), pre.mean(0)
+
+
 def hidden_input_power(model) -> tuple[torch.Tensor, torch.Tensor]:
     """Power per frequency of each operand's input to the hidden neurons, (p//2,) each."""
-    with torch.no_grad():
-        table_a, table_b = model.token_tables()  # (p, d_hidden)
+    table_a, table_b = operand_tables(model)
     return fourier.power_per_frequency(table_a), fourier.power_per_frequency(table_b)
 
 
@@ -165,7 +182,7 @@ def fourier_analysis(model, grid) -> dict:
     hidden_power = hidden_power_a + hidden_power_b
     keys = fourier.key_frequencies(hidden_power)
     with torch.no_grad():
-        embed_power = fourier.power_per_frequency(model.W_E)
+        embed_power = fourier.power_per_frequency(token_embedding(model))
         logits, cache = model.run_with_cache(grid.a, grid.b)
     fractions = fourier.neuron_frequency_fractions(cache["hidden_post"].reshape(p, p, -1))  # (d_hidden, p//2)
     best_fraction, best = fractions.max(dim=1)
@@ -195,16 +212,17 @@ def key_frequency_losses(logits, grid, keys: list[int]) -> dict:
 
 
 def frequency_ablation(model, grid, keys: list[int]) -> list[dict]:
-    """Accuracy and loss on all pairs after projecting frequencies out of the embedding W_E:
-    each key frequency alone, then every non-key frequency at once."""
+    """Accuracy and loss on all pairs after projecting frequencies out of the number tokens'
+    embeddings (W_E): each key frequency alone, then every non-key frequency at once."""
     cases = [(f"remove {k}", [k]) for k in keys]
     cases.append(("remove all non-key", [k for k in fourier.frequencies(grid.p) if k not in keys]))
     out = []
     with torch.no_grad():
         for name, freqs in cases:
-            W_E = fourier.remove_frequencies(model.W_E, freqs)
-            hooks = {"embed_a": patch(W_E[grid.a]), "embed_b": patch(W_E[grid.b])}
-            loss, acc = grid.loss_acc(model.run_with_hooks(grid.a, grid.b, hooks))
+            W_E = model.W_E.clone()
+            W_E[:grid.p] = fourier.remove_frequencies(token_embedding(model), freqs)
+            logits = torch.func.functional_call(model, {"W_E": W_E}, (grid.a, grid.b))
+            loss, acc = grid.loss_acc(logits)
             out.append({"ablation": name, "frequencies": freqs, "loss": loss, "acc": acc})
     return out
 
@@ -217,8 +235,11 @@ def analyze(model, grid, draws: int = 5, progress: bool = False) -> dict:
         size, keep_accs = circuit_size(model, grid, ranking["causal_order"])
         logits = model(grid.a, grid.b)
     losses = {split: dict(zip(("loss", "acc"), grid.loss_acc(logits, split))) for split in ("all", "train", "test")}
-    return {"losses": losses, "ranking": ranking, "ablation_curves": curves, "circuit_size": size,
-            "circuit_keep_acc": keep_accs, "fourier": fourier_analysis(model, grid)}
+    result = {"losses": losses, "ranking": ranking, "ablation_curves": curves, "circuit_size": size,
+              "circuit_keep_acc": keep_accs, "fourier": fourier_analysis(model, grid)}
+    if transformer_analysis.has_attention(model):
+        result["transformer"] = transformer_analysis.analyze(model, grid, result["fourier"]["key_frequencies"])
+    return result
 
 
 def structure(f: dict) -> str:
@@ -234,7 +255,7 @@ def summarize(result: dict, checkpoint: str, config: dict, run_id: str | None = 
     """The JSON-ready summary: plain numbers and lists only."""
     r, f = result["ranking"], result["fourier"]
     top = r["causal_order"][:20].tolist()
-    return {
+    summary = {
         "checkpoint": checkpoint, "run_id": run_id, "config": config, **provenance(),
         "losses": result["losses"],
         "key_frequencies": f["key_frequencies"],
@@ -265,6 +286,13 @@ def summarize(result: dict, checkpoint: str, config: dict, run_id: str | None = 
         "logit_alphas": f["logit_alphas"],
         "frequency_ablation": f["frequency_ablation"],
     }
+    if "transformer" in result:
+        t = result["transformer"]
+        summary["attention"] = [{"head": h, "mean_to_a": float(w[0].mean()), "mean_to_b": float(w[1].mean()),
+                                 "mean_to_eq": float((1 - w[0] - w[1]).mean()), **ablation}
+                                for h, (w, ablation) in enumerate(zip(t["attention"], t["head_ablations"]))]
+        summary["residual_key_directions"] = t["residual_key_directions"]
+    return summary
 
 
 def neuron_table(result: dict) -> list[dict]:
@@ -307,6 +335,10 @@ def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Pat
     plots.plot_neuron_clusters(f["neuron_fractions"].numpy(), f["neuron_frequency"], f["neuron_cluster"],
                                f["key_frequencies"], paths[4])
     plots.plot_frequency_ablation(f["frequency_ablation"], result["losses"]["all"], paths[5])
+    if "transformer" in result:
+        t = result["transformer"]
+        paths.append(out / "attention_patterns.png")
+        plots.plot_attention_patterns(t["attention"].numpy(), t["head_ablations"], paths[-1])
     return paths
 
 
@@ -344,6 +376,14 @@ def findings(summary: dict) -> list[str]:
                      f"{summary['restricted_loss']:.3g} vs {summary['losses']['all']['loss']:.3g} unrestricted; "
                      f"excluded loss (key directions removed, train set) {summary['excluded_loss']:.3g} "
                      f"vs train loss {summary['train_loss']:.3g}.")
+    if "attention" in summary:
+        heads = "; ".join(f"head {h['head']}: {h['mean_to_a']:.0%} to a, {h['mean_to_b']:.0%} to b, "
+                          f"mean-ablated acc {h['acc']:.1%}" for h in summary["attention"])
+        lines.append(f"Attention from '=' (averaged over all pairs): {heads}.")
+        r = summary["residual_key_directions"]
+        lines.append(f"Residual stream at '=': the key-frequency terms hold {r['key_variance_share']:.0%} of its "
+                     f"variance; keeping only them gives accuracy {r['keep_key_acc']:.1%} (loss "
+                     f"{r['keep_key_loss']:.3g}), removing them {r['remove_key_acc']:.1%} (loss {r['remove_key_loss']:.3g}).")
     size = summary["circuit_size"]
     lines.append(f"Circuit size: {size} neurons kept (the rest mean-ablated) retain >= 99% accuracy."
                  if size is not None else "No set of neurons retains 99% accuracy (the model itself does not reach it).")
@@ -371,7 +411,7 @@ def run(checkpoint="checkpoints/model_final.pth", results_dir="results", draws: 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Mechanistic analysis of a trained ToyMLP checkpoint.")
+    parser = argparse.ArgumentParser(description="Mechanistic analysis of a trained checkpoint (ToyMLP or transformer).")
     parser.add_argument("--checkpoint", default="checkpoints/model_final.pth", help="checkpoint to analyse")
     parser.add_argument("--results-dir", default="results", help="folder for the JSON files and plots")
     parser.add_argument("--draws", type=int, default=5, help="random neuron sets per k in the ablation curves")

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from transformer import Transformer
+
 HOOK_NAMES = ("embed_a", "embed_b", "hidden_pre", "hidden_post", "logits")
 ACTIVATIONS = {
     "relu": F.relu,
@@ -143,7 +145,7 @@ def sum_squared_weights(model: nn.Module) -> float:
     return sum(float((w.detach().double() ** 2).sum()) for w in model.parameters())
 
 
-MODELS = {"mlp": ToyMLP}
+MODELS = {"mlp": ToyMLP, "transformer": Transformer}
 
 
 def build_model(config: dict) -> nn.Module:

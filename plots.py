@@ -237,3 +237,19 @@ def plot_progress_measures(series, phases, grokking_epoch, keys, path) -> None:
     fig.suptitle("Progress measures over training snapshots: memorization, circuit formation, clean-up")
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_attention_patterns(patterns, head_ablations, path) -> None:
+    """patterns: (n_heads, 2, p, p) attention from "=" to a and to b over (a, b); one row per head,
+    titled with the accuracy when the head is mean-ablated."""
+    n_heads = len(patterns)
+    fig, axes = plt.subplots(n_heads, 2, figsize=(7.5, 3.2 * n_heads), squeeze=False, layout="constrained")
+    for h, (row, ablation) in enumerate(zip(axes, head_ablations)):
+        for ax, w, target in zip(row, patterns[h], ("a", "b")):
+            im = ax.imshow(w, origin="lower", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"head {h}: '=' attends to {target} (mean {w.mean():.0%})\n"
+                         f"head mean-ablated: accuracy {ablation['acc']:.1%}", fontsize=9)
+            ax.set(xlabel="b", ylabel="a")
+    fig.colorbar(im, ax=axes, shrink=0.5, label="attention weight")
+    fig.suptitle("Attention from the '=' position to each operand, over all inputs (a, b)", fontsize=11)
+    _save(fig, path)

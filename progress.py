@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import fourier
 from checkpoint import CheckpointError, load_model, same_run
-from interpretability import Grid, key_frequency_losses, model_key_frequencies
+from interpretability import Grid, key_frequency_losses, model_key_frequencies, token_embedding
 from model import sum_squared_weights
 from plots import plot_progress_measures
 from utils import OutputDirError, check_output_dir, first_epoch_at, provenance, write_json
@@ -45,7 +45,7 @@ def snapshot_measures(model, grid: Grid, keys: list[int]) -> dict:
         return {
             "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
             "restricted_loss": key_losses["restricted_loss"], "excluded_loss": key_losses["excluded_loss"],
-            "fourier_gini": fourier.gini(fourier.power_per_frequency(model.W_E)),
+            "fourier_gini": fourier.gini(fourier.power_per_frequency(token_embedding(model))),
             "weight_norm": sum_squared_weights(model),
         }
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dataset import OPS, SYMBOLS, check_args, make_data
-from model import ACTIVATIONS, ToyMLP, cross_entropy_per_row, sum_squared_weights
+from model import ACTIVATIONS, build_model, cross_entropy_per_row, sum_squared_weights
 from plots import plot_training_curves
 from utils import check_output_dir, first_epoch_at, provenance, resolve_device, write_json
 
@@ -40,9 +40,14 @@ class Config:
     train_frac: float = _f(0.3, "share of all p*p pairs used for training, in (0, 1)", "data")
     data_seed: int = _f(598, "seed of the train/test split (independent of --seed)", "data")
     # model
-    d_embed: int = _f(128, "embedding width per operand", "model")
-    d_hidden: int = _f(256, "hidden neurons", "model")
-    activation: str = _f("relu", f"hidden activation: {', '.join(ACTIVATIONS)}", "model")
+    arch: str = _f("mlp", "architecture: mlp (ToyMLP) or transformer (the 1-layer transformer of Nanda et al. "
+                          "2023; it brings its own defaults, see ARCH_DEFAULTS)", "model")
+    d_embed: int = _f(128, "mlp: embedding width per operand", "model")
+    d_hidden: int = _f(256, "mlp: hidden neurons", "model")
+    activation: str = _f("relu", f"mlp: hidden activation: {', '.join(ACTIVATIONS)}", "model")
+    d_model: int = _f(128, "transformer: residual stream width", "model")
+    n_heads: int = _f(4, "transformer: attention heads (must divide --d-model)", "model")
+    d_mlp: int = _f(512, "transformer: MLP neurons", "model")
     # optimisation: AdamW; weight decay is what makes the network grok (it removes memorization)
     lr: float = _f(3e-2, "AdamW learning rate (> 0)", "optimisation")
     weight_decay: float = _f(1.0, "AdamW decoupled weight decay (>= 0)", "optimisation")
@@ -61,6 +66,12 @@ class Config:
     checkpoint_dir: str = _f("checkpoints", "folder for checkpoints", "bookkeeping")
     results_dir: str = _f("results", "folder for plots and the summary JSON", "bookkeeping")
 
+
+# Each architecture's own flags, and the defaults it brings (chosen by measurement, see the README);
+# presets and explicit flags still win over them.
+ARCH_FLAGS = {"mlp": ("d_embed", "d_hidden", "activation"), "transformer": ("d_model", "n_heads", "d_mlp")}
+ARCH_DEFAULTS = {"mlp": {}, "transformer": {}}
+ARCH_NAMES = {"mlp": "ToyMLP", "transformer": "1-layer transformer"}
 
 # Named presets: their values replace the defaults; flags given explicitly still win.
 PRESETS = {
@@ -92,6 +103,8 @@ class StoppedAtOnce(Exception):
 def validate(cfg: Config) -> None:
     """Raise ValueError with one readable sentence for any setting we cannot train with."""
     check_args(cfg.p, cfg.op, cfg.train_frac)
+    if cfg.arch not in ARCH_FLAGS:
+        raise ValueError(f"unknown --arch {cfg.arch!r}: choose one of {', '.join(ARCH_FLAGS)}")
     if cfg.activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {cfg.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
     checks = [
@@ -100,6 +113,8 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "--beta1 and --beta2 must lie in [0, 1)"),
         (cfg.batch_size >= 0, f"--batch-size must be >= 0 (0 = full batch), got {cfg.batch_size}"),
         (cfg.d_embed >= 1 and cfg.d_hidden >= 1, "--d-embed and --d-hidden must be >= 1"),
+        (cfg.d_model >= 1 and cfg.n_heads >= 1 and cfg.d_mlp >= 1, "--d-model, --n-heads and --d-mlp must be >= 1"),
+        (cfg.d_model % max(cfg.n_heads, 1) == 0, f"--n-heads ({cfg.n_heads}) must divide --d-model ({cfg.d_model})"),
         (cfg.stop_after_grok >= 0, f"--stop-after-grok must be >= 0, got {cfg.stop_after_grok}"),
     ]
     for name in ("epochs", "eval_every", "checkpoint_every", "snapshot_every"):
@@ -108,6 +123,11 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ValueError(message)
     resolve_device(cfg.device)
+
+
+def model_config(cfg: Config) -> dict:
+    """The plain dict model.build_model builds the run's model from (stored in every checkpoint)."""
+    return {"arch": cfg.arch, "p": cfg.p} | {name: getattr(cfg, name) for name in ARCH_FLAGS[cfg.arch]}
 
 
 def snapshot_epochs(max_epoch: int, every: int) -> set[int]:
@@ -189,7 +209,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     device = resolve_device(cfg.device)
     data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed).to(device)
     torch.manual_seed(cfg.seed)
-    model = ToyMLP(cfg.p, cfg.d_embed, cfg.d_hidden, cfg.activation).to(device)
+    model = build_model(model_config(cfg)).to(device)
     optimizer = make_optimizer(model, cfg)
     batch_gen = torch.Generator().manual_seed(cfg.seed)  # batch order only (minibatch mode)
     ckpt_dir = Path(cfg.checkpoint_dir)
@@ -292,7 +312,7 @@ def summarize(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds
     results = Path(cfg.results_dir)
     write_json(results / "training_summary.json", summary)
     plot_training_curves(history, memorization, grokking, results / "training_curves.png",
-                         title=f"ToyMLP on (a {SYMBOLS[cfg.op]} b) mod {cfg.p}: {cfg.train_frac:.0%} train, "
+                         title=f"{ARCH_NAMES[cfg.arch]} on (a {SYMBOLS[cfg.op]} b) mod {cfg.p}: {cfg.train_frac:.0%} train, "
                                f"lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, seed {cfg.seed}")
     return summary
 
@@ -300,7 +320,7 @@ def summarize(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """argparse from Config: one flag per field, grouped, each with its help and default."""
     parser = argparse.ArgumentParser(
-        description="Train ToyMLP on modular arithmetic and watch it grok.",
+        description="Train ToyMLP (or the 1-layer transformer) on modular arithmetic and watch it grok.",
         argument_default=argparse.SUPPRESS if suppress_defaults else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--preset", choices=PRESETS, default=argparse.SUPPRESS if suppress_defaults else "grok",
@@ -333,7 +353,14 @@ def config_from_args(argv) -> tuple[Config, dict | None, argparse.Namespace]:
             raise ValueError(f"--{fixed[0].replace('_', '-')} cannot change when resuming "
                              f"(only {', '.join(sorted(RESUME_OVERRIDABLE))} can)")
         return Config(**(saved | given)), resume, args
-    return Config(**({k: getattr(args, k) for k in names} | PRESETS[args.preset] | given)), None, args
+    arch = given.get("arch", Config.arch)
+    if arch in ARCH_FLAGS:
+        foreign = [k for other, flags in ARCH_FLAGS.items() if other != arch for k in flags if k in given]
+        if foreign:
+            raise ValueError(f"--{foreign[0].replace('_', '-')} does not apply to --arch {arch} "
+                             f"(its model flags: {', '.join('--' + k.replace('_', '-') for k in ARCH_FLAGS[arch])})")
+    defaults = {k: getattr(args, k) for k in names} | ARCH_DEFAULTS.get(arch, {})
+    return Config(**(defaults | PRESETS[args.preset] | given)), None, args
 
 
 def reached_stop_rule(cfg: Config, history: dict, epoch: int) -> bool:

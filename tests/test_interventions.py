@@ -269,5 +269,5 @@ def test_build_model_defaults_to_the_mlp_and_passes_the_sizes():
 
 
 def test_build_model_rejects_an_unknown_architecture_by_name():
-    with pytest.raises(ValueError, match="^" + re.escape("unknown architecture 'lstm': choose one of mlp") + "$"):
+    with pytest.raises(ValueError, match="^" + re.escape("unknown architecture 'lstm': choose one of mlp, transformer") + "$"):
         build_model({"arch": "lstm", "p": 5})
