@@ -13,11 +13,23 @@ Every file is a dict of tensors and plain data, loadable with torch.load(weights
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
-from model import build_model
+from model import ToyMLP
+from transformer import Transformer
 from utils import atomic_write
 
 FORMAT = "grokking-lab-checkpoint-v1"
+MODELS = {"mlp": ToyMLP, "transformer": Transformer}  # config["model"]["arch"] -> class
+
+
+def build_model(config: dict) -> nn.Module:
+    """Rebuild a model from the plain config dict stored in every checkpoint."""
+    kwargs = dict(config)
+    arch = kwargs.pop("arch", "mlp")
+    if arch not in MODELS:
+        raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[arch](**kwargs)
 
 
 class CheckpointError(Exception):

@@ -5,7 +5,7 @@
     hidden_post = act(hidden_pre)                             # the "neurons"
     logits = hidden_post @ W_U + b_U                          # (batch, p)
 
-Interface (meant to be shared with a future 1-layer transformer):
+Interface (shared with transformer.Transformer):
     model(a, b) -> logits
     model.run_with_cache(a, b) -> (logits, cache)   cache: the names in HOOK_NAMES
     model.run_with_hooks(a, b, hooks={name: fn})    fn(tensor) -> tensor replaces an activation
@@ -18,8 +18,6 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from transformer import Transformer
 
 HOOK_NAMES = ("embed_a", "embed_b", "hidden_pre", "hidden_post", "logits")
 ACTIVATIONS = {
@@ -75,14 +73,7 @@ class ToyMLP(nn.Module):
     def run_with_hooks(self, a, b, hooks: Hooks | None = None, cache: dict | None = None) -> torch.Tensor:
         """The forward pass spelled out; hooks[name](x) replaces activation `name` by its result,
         and cache (if given) receives every activation after its hook."""
-        hooks = hooks or {}
-
-        def point(name, x):
-            x = hooks[name](x) if name in hooks else x
-            if cache is not None:
-                cache[name] = x
-            return x
-
+        point = hook_point(hooks, cache)
         embed_a = point("embed_a", self.W_E[a])  # (batch, d_embed)
         embed_b = point("embed_b", self.W_E[b])
         hidden_pre = point("hidden_pre", torch.cat([embed_a, embed_b], dim=-1) @ self.W_in + self.b_in)
@@ -93,6 +84,20 @@ class ToyMLP(nn.Module):
         cache: dict[str, torch.Tensor] = {}
         logits = self.run_with_hooks(a, b, hooks, cache)
         return logits, cache
+
+
+def hook_point(hooks: Hooks | None, cache: dict | None) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """point(name, x) for a spelled-out forward: returns hooks[name](x) if there is such a hook
+    (else x), and records the result in cache (if given) under name."""
+    hooks = hooks or {}
+
+    def point(name, x):
+        x = hooks[name](x) if name in hooks else x
+        if cache is not None:
+            cache[name] = x
+        return x
+
+    return point
 
 
 def _uniform(fan_in: int, shape) -> torch.Tensor:
@@ -143,15 +148,3 @@ def cross_entropy_per_row(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.
 def sum_squared_weights(model: nn.Module) -> float:
     """The weight norm used throughout: sum over every parameter of w**2 (in float64)."""
     return sum(float((w.detach().double() ** 2).sum()) for w in model.parameters())
-
-
-MODELS = {"mlp": ToyMLP, "transformer": Transformer}
-
-
-def build_model(config: dict) -> nn.Module:
-    """Rebuild a model from the plain config dict stored in every checkpoint."""
-    kwargs = dict(config)
-    arch = kwargs.pop("arch", "mlp")
-    if arch not in MODELS:
-        raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(MODELS)}")
-    return MODELS[arch](**kwargs)

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from dataset import OPS, SYMBOLS, check_args, make_data
-from model import ACTIVATIONS, build_model, cross_entropy_per_row, sum_squared_weights
+from model import ACTIVATIONS, cross_entropy_per_row, sum_squared_weights
 from plots import plot_training_curves
 from utils import check_output_dir, first_epoch_at, provenance, resolve_device, write_json
 
@@ -44,7 +44,7 @@ class Config:
                           "2023; it brings its own defaults, see ARCH_DEFAULTS)", "model")
     d_embed: int = _f(128, "mlp: embedding width per operand", "model")
     d_hidden: int = _f(256, "mlp: hidden neurons", "model")
-    activation: str = _f("relu", f"mlp: hidden activation: {', '.join(ACTIVATIONS)}", "model")
+    activation: str = _f("relu", f"the neurons' activation (both architectures): {', '.join(ACTIVATIONS)}", "model")
     d_model: int = _f(128, "transformer: residual stream width", "model")
     n_heads: int = _f(4, "transformer: attention heads (must divide --d-model)", "model")
     d_mlp: int = _f(512, "transformer: MLP neurons", "model")
@@ -69,7 +69,7 @@ class Config:
 
 # Each architecture's own flags, and the defaults it brings (chosen by measurement, see the README);
 # presets and explicit flags still win over them.
-ARCH_FLAGS = {"mlp": ("d_embed", "d_hidden", "activation"), "transformer": ("d_model", "n_heads", "d_mlp")}
+ARCH_FLAGS = {"mlp": ("d_embed", "d_hidden", "activation"), "transformer": ("d_model", "n_heads", "d_mlp", "activation")}
 ARCH_DEFAULTS = {"mlp": {}, "transformer": {}}
 ARCH_NAMES = {"mlp": "ToyMLP", "transformer": "1-layer transformer"}
 
@@ -126,7 +126,7 @@ def validate(cfg: Config) -> None:
 
 
 def model_config(cfg: Config) -> dict:
-    """The plain dict model.build_model builds the run's model from (stored in every checkpoint)."""
+    """The plain dict checkpoint.build_model builds the run's model from (stored in every checkpoint)."""
     return {"arch": cfg.arch, "p": cfg.p} | {name: getattr(cfg, name) for name in ARCH_FLAGS[cfg.arch]}
 
 
@@ -355,7 +355,7 @@ def config_from_args(argv) -> tuple[Config, dict | None, argparse.Namespace]:
         return Config(**(saved | given)), resume, args
     arch = given.get("arch", Config.arch)
     if arch in ARCH_FLAGS:
-        foreign = [k for other, flags in ARCH_FLAGS.items() if other != arch for k in flags if k in given]
+        foreign = [k for flags in ARCH_FLAGS.values() for k in flags if k in given and k not in ARCH_FLAGS[arch]]
         if foreign:
             raise ValueError(f"--{foreign[0].replace('_', '-')} does not apply to --arch {arch} "
                              f"(its model flags: {', '.join('--' + k.replace('_', '-') for k in ARCH_FLAGS[arch])})")

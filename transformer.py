@@ -28,11 +28,11 @@ activations at "=" (batch, d_mlp), as ToyMLP names its neurons; neuron_readout()
 hidden_post to the logits, the role ToyMLP's W_U plays.
 """
 import math
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from model import ACTIVATIONS, Hooks, hook_point
 
 # In the order the spelled-out forward meets them. Shapes: (batch, 3, ...) at every position,
 # except hidden_pre / hidden_post (batch, d_mlp) and logits (batch, p), all at "=".
@@ -47,12 +47,14 @@ HOOK_NAMES = (
     "logits",                                                 # (batch, p)
 )
 N_CTX = 3  # a, b, "="
-Hooks = dict[str, Callable[[torch.Tensor], torch.Tensor]]
 
 
 class Transformer(nn.Module):
-    def __init__(self, p: int, d_model: int = 128, n_heads: int = 4, d_mlp: int = 512):
+    def __init__(self, p: int, d_model: int = 128, n_heads: int = 4, d_mlp: int = 512, activation: str = "relu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+        self.activation, self.act = activation, ACTIVATIONS[activation]
         for name, value in (("p", p), ("d_model", d_model), ("n_heads", n_heads), ("d_mlp", d_mlp)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -78,7 +80,7 @@ class Transformer(nn.Module):
 
     def config(self) -> dict:
         return {"arch": "transformer", "p": self.p, "d_model": self.d_model, "n_heads": self.n_heads,
-                "d_mlp": self.d_mlp}
+                "d_mlp": self.d_mlp, "activation": self.activation}
 
     def num_params(self) -> int:
         return sum(t.numel() for t in self.parameters())
@@ -106,18 +108,13 @@ class Transformer(nn.Module):
         from_z = z @ (self.W_O.flatten(0, 1) @ torch.cat([self.W_in, self.W_U], 1))  # (batch, d_mlp + p)
         hidden_pre = from_z[:, :self.d_mlp] + (x_eq @ self.W_in + self.b_in)  # (batch, d_mlp)
         direct = from_z[:, self.d_mlp:] + (x_eq + self.b_out) @ self.W_U  # (batch, p)
-        return torch.addmm(direct, F.relu(hidden_pre), self.neuron_readout())  # (batch, p)
+        return torch.addmm(direct, self.act(hidden_pre), self.neuron_readout())  # (batch, p)
 
     def run_with_hooks(self, a, b, hooks: Hooks | None = None, cache: dict | None = None) -> torch.Tensor:
         """The forward pass spelled out over all positions; hooks[name](x) replaces activation `name`
         by its result, and cache (if given) receives every activation after its hook."""
         hooks = hooks or {}
-
-        def point(name, x):
-            x = hooks[name](x) if name in hooks else x
-            if cache is not None:
-                cache[name] = x
-            return x
+        point = hook_point(hooks, cache)
 
         def at_eq(name, x):
             """Hook point `name` = x[:, 2]; a hook's result is written back into position 2."""
@@ -143,7 +140,7 @@ class Transformer(nn.Module):
         resid_mid = point("hook_resid_mid", resid + attn_out)  # (batch, 3, d_model)
         pre = point("mlp.hook_pre", resid_mid @ self.W_in + self.b_in)  # (batch, 3, d_mlp)
         pre = at_eq("hidden_pre", pre)
-        post = at_eq("hidden_post", point("mlp.hook_post", F.relu(pre)))
+        post = at_eq("hidden_post", point("mlp.hook_post", self.act(pre)))
         mlp_out = point("hook_mlp_out", post @ self.W_out + self.b_out)
         resid_post = point("hook_resid_post", resid_mid + mlp_out)
         return point("logits", resid_post[:, 2] @ self.W_U)  # (batch, p)

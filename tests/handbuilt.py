@@ -10,6 +10,7 @@ import math
 import torch
 
 from model import ToyMLP
+from transformer import Transformer
 
 PHASES = [j * math.pi / 4 for j in range(4)]
 
@@ -98,3 +99,44 @@ def direct_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> float:
     """Mean cross-entropy by the textbook formula in float64: logsumexp - correct logit."""
     rows = logits.double()
     return float((torch.logsumexp(rows, 1) - rows[torch.arange(len(y)), y]).mean())
+
+
+def handbuilt_transformer(emb, W1, b1, W2, c, activation="relu", big=30.0) -> tuple[Transformer, int]:
+    """A transformer that computes MLP(emb[a], emb[b]) = act([emb[a], emb[b]] W1 + b1) W2 + c.
+
+    Residual layout (width e = emb's columns): [0:e) token embedding, [e:2e) copy of a, [2e:3e)
+    copy of b, [3e:3e+3) one-hot position, then p dimensions read by W_U (the MLP's output), padded
+    to an even width. Two heads: the query at "=" matches head 0's key at position 0 (a) and head 1's
+    at position 1 (b), with score big^2 / sqrt(d_head), so each attends by position only; each head's
+    OV circuit copies the token embedding into its own block. "=" embeds to zero.
+    Returns (model, P = where the position block starts)."""
+    p, e = emb.shape
+    d_mlp = W1.shape[1]
+    P, O = 3 * e, 3 * e + 3  # where the position block and the output block start
+    d_model = O + p + (O + p) % 2
+    m = Transformer(p, d_model, 2, d_mlp, activation)
+    with torch.no_grad():
+        for w in m.parameters():
+            w.zero_()
+        m.W_E[:p, :e] = emb
+        m.W_pos[:, P:P + 3] = torch.eye(3)
+        for h in range(2):
+            m.W_Q[h, P + 2, 0] = big  # only "=" has a query
+            m.W_K[h, P + h, 0] = big  # head h's key lives at position h
+            m.W_V[h, :e, :e] = torch.eye(e)
+            m.W_O[h, :e, e * (h + 1):e * (h + 2)] = torch.eye(e)
+        m.W_in[e:3 * e] = W1
+        m.b_in.copy_(b1)
+        m.W_out[:, O:O + p] = W2
+        m.b_out[O:O + p] = c
+        m.W_U[O:O + p] = torch.eye(p)
+    return m.eval(), P
+
+
+def fourier_transformer(p: int, keys: list[int], scale: float = 5.0) -> tuple[Transformer, list[int]]:
+    """handbuilt_model's Fourier MLP (quadratic neurons) behind two position-only heads: it computes
+    (a + b) mod p with the given key frequencies. Returns the model and each neuron's frequency."""
+    core, neuron_freq = handbuilt_model(p, keys, scale)
+    W = {k: v.detach() for k, v in core.named_parameters()}
+    model, _ = handbuilt_transformer(W["W_E"], W["W_in"], W["b_in"], W["W_U"], W["b_U"], "quadratic")
+    return model, neuron_freq

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from handbuilt import handbuilt_model
-from model import (HOOK_NAMES, ToyMLP, _uniform, ablate_neurons, build_model, cross_entropy_per_row, patch,
+from checkpoint import build_model
+from model import (HOOK_NAMES, ToyMLP, _uniform, ablate_neurons, cross_entropy_per_row, patch,
                    sum_squared_weights)
 
 LAW = settings(max_examples=40, deadline=None)

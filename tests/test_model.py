@@ -3,7 +3,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import HOOK_NAMES, ToyMLP, ablate_neurons, build_model, patch
+from checkpoint import build_model
+from model import HOOK_NAMES, ToyMLP, ablate_neurons, patch
 
 
 def make(p=11, activation="relu"):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from handbuilt import handbuilt_transformer
 from transformer import HOOK_NAMES, Transformer
 
 
@@ -194,7 +195,7 @@ def test_num_params_counted_from_the_shapes():
 def test_config_rebuilds_the_model():
     m = Transformer(17, 24, 6, 40)
     cfg = m.config()
-    assert cfg == {"arch": "transformer", "p": 17, "d_model": 24, "n_heads": 6, "d_mlp": 40}
+    assert cfg == {"arch": "transformer", "p": 17, "d_model": 24, "n_heads": 6, "d_mlp": 40, "activation": "relu"}
     clone = Transformer(**{k: v for k, v in cfg.items() if k != "arch"})
     shapes = {k: v.shape for k, v in m.state_dict().items()}
     assert {k: v.shape for k, v in clone.state_dict().items()} == shapes
@@ -212,35 +213,14 @@ def test_init_scale_follows_nanda():
     assert (m.b_in == 0).all() and (m.b_out == 0).all()
 
 
-def handbuilt(p=7, k=3, d_mlp=10, big=8.0, seed=0):
-    """Residual layout: [0:k) token embedding, [k:2k) copy of a, [2k:3k) copy of b,
-    [3k:3k+3) one-hot position, [3k+3:3k+3+p) MLP output read by W_U, one spare dim.
-    Head 0's query at "=" matches position 0's key, head 1's matches position 1's, with score
-    big^2 / sqrt(d_head); each head's OV copies the token embedding into its own block."""
+def handbuilt(p=7, k=3, d_mlp=10, seed=0):
+    """A hand-built transformer (see handbuilt.handbuilt_transformer) around a random ReLU MLP."""
     g = torch.Generator().manual_seed(seed)
-    d_model, H = 3 * k + 3 + p + 1, 2
-    assert d_model % H == 0
     emb = torch.randn(p, k, generator=g)
     W1, b1 = torch.randn(2 * k, d_mlp, generator=g), torch.randn(d_mlp, generator=g)
-    W2, b2 = torch.randn(d_mlp, p, generator=g), torch.randn(d_model, generator=g)
-    m = Transformer(p, d_model, H, d_mlp)
-    P, O = 3 * k, 3 * k + 3  # where the position block and the output block start
-    with torch.no_grad():
-        for w in m.parameters():
-            w.zero_()
-        m.W_E[:p, :k] = emb  # "=" (row p) embeds to zero
-        m.W_pos[:, P:P + 3] = torch.eye(3)
-        for h in range(H):
-            m.W_Q[h, P + 2, 0] = big  # only "=" has a query
-            m.W_K[h, P + h, 0] = big  # head h's key lives at position h
-            m.W_V[h, :k, :k] = torch.eye(k)
-            m.W_O[h, :k, k * (h + 1):k * (h + 2)] = torch.eye(k)
-        m.W_in[k:3 * k] = W1
-        m.b_in.copy_(b1)
-        m.W_out[:, O:O + p] = W2
-        m.b_out.copy_(b2)
-        m.W_U[O:O + p] = torch.eye(p)
-    return m, emb, (W1, b1, W2, b2[O:O + p]), P
+    W2, c = torch.randn(d_mlp, p, generator=g), torch.randn(p, generator=g)
+    m, P = handbuilt_transformer(emb, W1, b1, W2, c, big=8.0)
+    return m, emb, (W1, b1, W2, c), P
 
 
 def test_handbuilt_heads_attend_by_position_and_copy_the_operands():

@@ -1,0 +1,99 @@
+"""Known answers for the transformer's analysis: a transformer built by hand whose two heads attend
+by position only (head 0 to a, head 1 to b), copy the token embeddings into their own residual
+directions and feed the hand-built Fourier MLP of handbuilt.py. Every answer is known by construction."""
+import json
+import math
+
+import torch
+
+import interpretability
+import transformer_analysis
+from checkpoint import save_checkpoint
+from dataset import make_data
+from handbuilt import fourier_transformer, handbuilt_model
+from interpretability import Grid
+
+P, KEYS = 31, [3, 7, 11]
+
+
+def grid_for(p=P):
+    data = make_data(p, "add", 0.3, 0)
+    return Grid(p, "add", data.train_idx, data.test_idx)
+
+
+def test_the_handbuilt_transformer_computes_its_mlp_exactly():
+    model, _ = fourier_transformer(P, KEYS)
+    core, _ = handbuilt_model(P, KEYS)
+    grid = grid_for()
+    with torch.no_grad():
+        torch.testing.assert_close(model(grid.a, grid.b), core(grid.a, grid.b), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(model.run_with_hooks(grid.a, grid.b), core(grid.a, grid.b), atol=1e-4, rtol=1e-5)
+    assert grid.loss_acc(model(grid.a, grid.b))[1] == 1.0
+
+
+def test_analysis_returns_exactly_the_built_frequencies_and_clusters():
+    model, neuron_freq = fourier_transformer(P, KEYS)
+    result = interpretability.analyze(model, grid_for(), draws=1)
+    f = result["fourier"]
+    assert f["key_frequencies"] == KEYS
+    assert f["neuron_cluster"] == neuron_freq  # every neuron in the cluster of the frequency it was built on
+    assert f["neuron_frequency"] == neuron_freq
+    assert f["key_frequency_power_fraction"] > 1 - 1e-9
+    assert f["embed_key_power_fraction"] > 1 - 1e-9  # "=" (row p) is left out of the spectrum
+    assert f["logit_variance_explained"] > 1 - 1e-6
+    assert f["restricted_acc"] == 1.0
+    ablation = {a["ablation"]: a for a in f["frequency_ablation"]}
+    assert ablation["remove all non-key"]["acc"] == 1.0  # the embedding holds nothing else
+    for k in KEYS:  # removing one of three frequencies costs loss, not every answer
+        assert ablation[f"remove {k}"]["loss"] > 10 * result["losses"]["all"]["loss"]
+
+
+def test_attention_patterns_are_the_two_fixed_position_patterns():
+    model, _ = fourier_transformer(P, KEYS)
+    patterns = transformer_analysis.attention_patterns(model, grid_for())  # (heads, to a / to b, p, p)
+    expected = torch.zeros(2, 2, P, P)
+    expected[0, 0], expected[1, 1] = 1.0, 1.0
+    torch.testing.assert_close(patterns, expected, atol=1e-6, rtol=0)
+
+
+def test_mean_ablating_a_head_removes_its_operand():
+    model, _ = fourier_transformer(P, KEYS)
+    grid = grid_for()
+    ablations = transformer_analysis.head_ablations(model, grid)
+    assert [a["head"] for a in ablations] == [0, 1]
+    for a in ablations:
+        # with one operand replaced by its mean the logits still depend on the other operand only,
+        # so at most one answer per fixed b (or a) is right: accuracy <= 1/p
+        assert a["acc"] <= 1 / P + 1e-9
+        assert a["loss"] > 1.0
+
+
+def test_the_residual_stream_at_eq_is_all_key_frequency():
+    model, _ = fourier_transformer(P, KEYS)
+    grid = grid_for()
+    r = transformer_analysis.residual_key_directions(model, grid, KEYS)
+    assert r["key_variance_share"] > 1 - 1e-9  # the two copied embeddings, pure key frequencies
+    assert r["keep_key_acc"] == 1.0
+    # without them the residual is constant, the hidden layer 0 and every logit equal: loss log p
+    assert abs(r["remove_key_loss"] - math.log(P)) < 1e-4
+    # with only one key frequency declared, the others are removed: the share drops to a third
+    r1 = transformer_analysis.residual_key_directions(model, grid, KEYS[:1])
+    assert abs(r1["key_variance_share"] - 1 / 3) < 1e-6
+
+
+def test_run_writes_the_attention_plot_and_the_head_summary(tmp_path):
+    model, _ = fourier_transformer(P, KEYS)
+    data = make_data(P, "add", 0.3, 0)
+    path = tmp_path / "model.pth"
+    save_checkpoint(path, model=model.state_dict(), config={"p": P, "op": "add", "model": model.config()},
+                    epoch=0, history={}, train_idx=data.train_idx, test_idx=data.test_idx)
+    summary, paths = interpretability.run(path, tmp_path / "results", draws=1, progress=False)
+    assert tmp_path / "results" / "attention_patterns.png" in paths
+    assert (tmp_path / "results" / "attention_patterns.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "results" / "analysis_summary.json").read_text())
+    assert saved["key_frequencies"] == KEYS
+    heads = saved["attention"]
+    assert [round(h["mean_to_a"], 6) for h in heads] == [1.0, 0.0]
+    assert [round(h["mean_to_b"], 6) for h in heads] == [0.0, 1.0]
+    text = " ".join(interpretability.findings(saved))
+    assert "head 0: 100% to a, 0% to b" in text and "head 1: 0% to a, 100% to b" in text
