@@ -2,11 +2,15 @@
 
     python bench.py                 # ~1-2 min on a 2-core CPU
     python bench.py --seeds 0 1 2 --rounds 7
+    python bench.py --arch transformer   # our transformer step against the all-positions forward
 
 Prints: ms per full-batch training step of ToyMLP (per-token tables) and of a naive model
 (nn.Embedding, concatenate, two nn.Linear); ms per epoch of the seed-style DataLoader loop
 (batch 64, 80% train); the machine's fp32 matmul peak and the share of it our step reaches;
-seconds to 99% test accuracy with train.py's defaults over several seeds.
+seconds to 99% test accuracy with train.py's defaults over several seeds. With --arch transformer:
+ms per full-batch step of the transformer's forward (what the "=" position needs, from per-token
+tables) and of its spelled-out all-positions forward (run_with_hooks: every position, every head,
+as the paper's code computes it), then seconds to grok with the transformer's defaults.
 """
 import argparse
 import statistics
@@ -22,7 +26,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dataset import make_data
 from model import ToyMLP
-from train import Config, make_optimizer, train, train_one_epoch
+from checkpoint import build_model
+from train import ARCH_DEFAULTS, ARCH_FLAGS, Config, make_optimizer, model_config, train, train_one_epoch
 from utils import provenance
 
 
@@ -94,6 +99,31 @@ def step_timings(cfg: Config, rounds: int, steps: int) -> dict[str, list[float]]
     return times
 
 
+def transformer_step_timings(cfg: Config, rounds: int, steps: int) -> dict[str, list[float]]:
+    """The same transformer weights trained through its fast forward and through run_with_hooks."""
+    data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed)
+    a, b, y = data.subset("train")
+    times = {}
+    models = {"ours": build_model(model_config(cfg)), "all_positions": build_model(model_config(cfg))}
+    models["all_positions"].load_state_dict(models["ours"].state_dict())
+    steps_by_name = {}
+    for name, model in models.items():
+        forward = model if name == "ours" else model.run_with_hooks
+        optimizer = make_optimizer(model, cfg)
+
+        def step(forward=forward, optimizer=optimizer):
+            loss = F.cross_entropy(forward(a, b), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        steps_by_name[name], times[name] = step, []
+    for _ in range(rounds):
+        for name, step in steps_by_name.items():
+            times[name].append(time_ms(step, steps))
+    return times
+
+
 def seconds_to_grok(cfg: Config, seeds) -> list[float]:
     out = []
     for seed in seeds:
@@ -107,12 +137,15 @@ def seconds_to_grok(cfg: Config, seeds) -> list[float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmark ToyMLP training speed against naive loops.")
+    parser = argparse.ArgumentParser(description="Benchmark training speed against naive loops.")
+    parser.add_argument("--arch", choices=ARCH_FLAGS, default="mlp", help="mlp (ToyMLP) or transformer")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for time-to-grok")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--steps", type=int, default=20, help="steps per round")
     args = parser.parse_args(argv)
-    cfg = Config()
+    cfg = Config(**({"arch": args.arch} | ARCH_DEFAULTS[args.arch]))
+    if args.arch == "transformer":
+        return bench_transformer(cfg, args)
     info = provenance()
     print(f"torch {info['versions']['torch']}, {info['threads']} threads, {info['machine']}; "
           f"p={cfg.p}, {cfg.train_frac:.0%} train, d_embed {cfg.d_embed}, d_hidden {cfg.d_hidden}")
@@ -129,11 +162,31 @@ def main(argv=None) -> int:
     print(f"full-batch step, naive (cat + Linear):   {naive:6.2f} ms  (min {min(times['naive']):.2f})")
     print(f"speed-up of our step over naive:         {naive / ours:6.2f}x")
     print(f"seed-style epoch (DataLoader, batch 64, 80% train): {classic:.0f} ms per epoch")
-    print("seconds to 99% test accuracy with train.py's defaults:")
-    secs = seconds_to_grok(cfg, args.seeds)
-    spread = statistics.stdev(secs) if len(secs) > 1 else 0.0
-    print(f"time to grok: {statistics.mean(secs):.1f} ± {spread:.1f} s over seeds {args.seeds}")
+    report_seconds_to_grok(cfg, args.seeds)
     return 0
+
+
+def bench_transformer(cfg: Config, args) -> int:
+    info = provenance()
+    model = build_model(model_config(cfg))
+    print(f"torch {info['versions']['torch']}, {info['threads']} threads, {info['machine']}; p={cfg.p}, "
+          f"{cfg.train_frac:.0%} train; transformer d_model {cfg.d_model}, {cfg.n_heads} heads, d_mlp {cfg.d_mlp}, "
+          f"{model.num_params():,} parameters")
+    times = transformer_step_timings(cfg, args.rounds, args.steps)
+    ours, spelled = statistics.median(times["ours"]), statistics.median(times["all_positions"])
+    print(f"full-batch step, ours ('=' only, token tables): {ours:7.2f} ms  (min {min(times['ours']):.2f})")
+    print(f"full-batch step, all positions (run_with_hooks): {spelled:7.2f} ms  (min {min(times['all_positions']):.2f})")
+    print(f"speed-up of our step over all positions:        {spelled / ours:7.2f}x")
+    report_seconds_to_grok(cfg, args.seeds)
+    return 0
+
+
+def report_seconds_to_grok(cfg: Config, seeds) -> None:
+    print(f"seconds to 99% test accuracy with train.py's defaults for --arch {cfg.arch}:")
+    secs = seconds_to_grok(cfg, seeds)
+    spread = statistics.stdev(secs) if len(secs) > 1 else 0.0
+    print(f"time to grok: {statistics.mean(secs):.1f} ± {spread:.1f} s (median {statistics.median(secs):.1f}) "
+          f"over seeds {seeds}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The whole story in one command (about half a minute on a 2-core CPU):
 
     python example_quick_start.py
+    python example_quick_start.py --arch transformer   # Nanda et al.'s 1-layer transformer (about a minute more)
 
-1. trains ToyMLP on (a + b) mod 113 with train.py's defaults, stopping at 2x the grokking epoch
+1. trains ToyMLP (or the transformer) on (a + b) mod 113 with train.py's defaults, stopping at 2x the grokking epoch
    (train.py's own default runs to 3x, for a longer clean-up);
 2. opens the trained network (interpretability.py): key frequencies, neurons, ablations;
 3. replays the training snapshots (progress.py): memorization, circuit formation, clean-up.
@@ -16,19 +17,20 @@ from pathlib import Path
 
 import interpretability
 import progress
-from train import Config, train, validate
+from train import ARCH_DEFAULTS, ARCH_FLAGS, ARCH_NAMES, Config, train, validate
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Train, analyse and replay a grokking run end to end.")
     parser.add_argument("--p", type=int, default=113, help="modulus (a prime between 50 and 150 groks reliably)")
     parser.add_argument("--seed", type=int, default=0, help="model initialisation seed")
+    parser.add_argument("--arch", choices=ARCH_FLAGS, default="mlp", help="mlp (ToyMLP) or transformer")
     parser.add_argument("--checkpoint-dir", default="checkpoints", help="folder for checkpoints")
     parser.add_argument("--results-dir", default="results", help="folder for plots and JSON files")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    cfg = replace(Config(), p=args.p, seed=args.seed, stop_after_grok=2.0,
+    cfg = replace(Config(**ARCH_DEFAULTS[args.arch]), arch=args.arch, p=args.p, seed=args.seed, stop_after_grok=2.0,
                   checkpoint_dir=args.checkpoint_dir, results_dir=args.results_dir)
     try:
         validate(cfg)
@@ -36,7 +38,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     show = not args.quiet
-    print(f"1/3 training ToyMLP on (a + b) mod {cfg.p}: {cfg.train_frac:.0%} of the pairs, full batch, "
+    print(f"1/3 training {ARCH_NAMES[cfg.arch]} on (a + b) mod {cfg.p}: {cfg.train_frac:.0%} of the pairs, full batch, "
           f"AdamW lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}")
     t = train(cfg, progress=show)
     if t["grokking_epoch"] is None:

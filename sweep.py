@@ -2,6 +2,7 @@
 
     python sweep.py                                  # seeds 0-9 at p = 113
     python sweep.py --primes 53 59 71 97 127 149 --seeds 0 1 2 3 4 5 6 7 8 9
+    python sweep.py --arch transformer --analyze     # the transformer with its own defaults
 
 Each run writes its checkpoints into a temporary folder; only results/sweep.json is kept.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from train import Config, NonFiniteLoss, train
+from train import ARCH_DEFAULTS, ARCH_FLAGS, Config, NonFiniteLoss, train
 from utils import OutputDirError, check_output_dir, provenance, write_json
 
 
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Grokking epochs over seeds and primes (defaults otherwise).")
     parser.add_argument("--primes", type=int, nargs="+", default=[113], help="moduli to train on")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="init seeds")
+    parser.add_argument("--arch", choices=ARCH_FLAGS, default="mlp",
+                        help="architecture; its defaults (train.ARCH_DEFAULTS) apply before --set")
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                         help="override train.py settings for every run, e.g. --set lr=0.01 weight_decay=3")
     parser.add_argument("--analyze", action="store_true", help="also run the analysis and progress measures")
@@ -95,7 +98,8 @@ def main(argv=None) -> int:
         check_output_dir(Path(args.out).parent, "--out")
     except OutputDirError as err:
         parser.error(str(err))
-    rows = sweep(args.primes, args.seeds, base=replace(Config(), **overrides), analyze=args.analyze)
+    base = replace(Config(**ARCH_DEFAULTS[args.arch]), arch=args.arch, **overrides)
+    rows = sweep(args.primes, args.seeds, base=base, analyze=args.analyze)
     print("\n   p | memorization epoch | grokking epoch | delay (grok/mem) | min delay | final test acc | wall s")
     for p in args.primes:
         rs = [r for r in rows if r["p"] == p and not r.get("diverged")]
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
             print(f"{r['p']:4d} | {r['seed']:4d} | {r['memorization_epoch']!s:>9} | {r['cleanup_start']!s:>15} | "
                   f"{r['cleanup_end']!s:>13} | {r['grokking_epoch']!s:>7} | {r['onset_fourier_gini']!s:>17} | "
                   f"{r['onset_restricted_loss']!s:>20} | {r['onset_excluded_loss']!s:>16} | {r['onset_test_loss']!s:>14}")
-    write_json(args.out, {"runs": rows, "config": vars(args) | {"base": asdict(replace(Config(), **overrides))},
+    write_json(args.out, {"runs": rows, "config": vars(args) | {"base": asdict(base)},
                           **provenance()})
     print(f"wrote {args.out}")
     return 0

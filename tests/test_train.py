@@ -6,9 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, load_model
 from conftest import ROOT, start_training
-from train import Config, snapshot_epochs, train
+from model import ToyMLP
+from train import ARCH_DEFAULTS, Config, config_from_args, snapshot_epochs, train
+from transformer import Transformer
 
 
 def small(tmp_path, **overrides) -> Config:
@@ -47,6 +49,53 @@ def test_resume_is_bit_identical(tmp_path, batch_size):
     assert_same_weights(tmp_path / "whole/ckpt/model_final.pth", tmp_path / "split/ckpt/model_final.pth")
 
 
+def tiny_transformer(tmp_path, **overrides) -> Config:
+    return small(tmp_path, arch="transformer", d_model=16, n_heads=2, d_mlp=24, lr=1e-2, **overrides)
+
+
+def test_transformer_resume_is_bit_identical(tmp_path):
+    train(tiny_transformer(tmp_path / "whole"), progress=False)
+    cfg = tiny_transformer(tmp_path / "split", epochs=17)
+    train(cfg, progress=False)
+    resume = load_checkpoint(tmp_path / "split/ckpt/latest.pth")
+    train(replace(cfg, epochs=40), resume=resume, progress=False)
+    assert_same_weights(tmp_path / "whole/ckpt/model_final.pth", tmp_path / "split/ckpt/model_final.pth")
+
+
+def test_transformer_checkpoint_says_its_architecture_and_reloads(tmp_path):
+    summary = train(tiny_transformer(tmp_path, epochs=3), progress=False)
+    model, ckpt = load_model(tmp_path / "ckpt/model_final.pth")
+    assert ckpt["config"]["arch"] == "transformer"
+    assert ckpt["config"]["model"] == {"arch": "transformer", "p": 23, "d_model": 16, "n_heads": 2, "d_mlp": 24,
+                                       "activation": "relu"}
+    assert isinstance(model, Transformer) and model.W_Q.shape == (2, 16, 8)
+    assert summary["config"]["arch"] == "transformer"
+
+
+def test_checkpoints_written_before_the_arch_flag_keep_loading(tmp_path):
+    """A ToyMLP checkpoint whose config predates --arch and the transformer's flags resumes and loads."""
+    train(small(tmp_path, epochs=5), progress=False)
+    latest = load_checkpoint(tmp_path / "ckpt/latest.pth")
+    for key in ("arch", "d_model", "n_heads", "d_mlp"):
+        del latest["config"][key]
+    del latest["config"]["model"]["arch"]
+    torch.save(latest, tmp_path / "old.pth")
+    model, _ = load_model(tmp_path / "old.pth")
+    assert isinstance(model, ToyMLP)
+    out = run_cli("--resume", str(tmp_path / "old.pth"), "--epochs", "7")
+    assert out.returncode == 0, out.stderr
+    assert load_checkpoint(tmp_path / "ckpt/model_final.pth")["epoch"] == 7
+
+
+def test_arch_defaults_apply_under_explicit_flags():
+    cfg, _, _ = config_from_args(["--arch", "transformer", "--lr", "0.5"])
+    assert cfg.lr == 0.5  # an explicit flag wins
+    for name, value in ARCH_DEFAULTS["transformer"].items():
+        if name != "lr":
+            assert getattr(cfg, name) == value, name
+    assert config_from_args([])[0] == Config()  # ToyMLP's defaults are the dataclass's
+
+
 def test_checkpoints_snapshots_and_results_are_written(tmp_path):
     summary = train(small(tmp_path), progress=False)
     snaps = sorted((tmp_path / "ckpt/snapshots").glob("epoch_*.pth"))
@@ -75,6 +124,9 @@ BAD_INPUTS = [
     ["--lr", "-0.1"], ["--op", "pow"], ["--activation", "tanh"], ["--device", "cuda:7"],
     ["--device", "tpu"], ["--epochs", "0"], ["--batch-size", "-1"], ["--resume", "nowhere.pth"],
     ["--p", "abc"], ["--preset", "fastest"],
+    ["--arch", "rnn"], ["--arch", "transformer", "--n-heads", "3"], ["--arch", "transformer", "--d-mlp", "0"],
+    ["--arch", "transformer", "--d-model", "0"], ["--arch", "transformer", "--n-heads", "0"],
+    ["--arch", "transformer", "--d-hidden", "64"], ["--d-model", "64"],
 ]
 
 
@@ -98,6 +150,14 @@ def test_resume_refuses_to_change_the_run(tmp_path):
     train(small(tmp_path, epochs=5), progress=False)
     out = run_cli("--resume", str(tmp_path / "ckpt/latest.pth"), "--lr", "0.5", "--epochs", "10")
     assert out.returncode == 2 and "--lr cannot change" in out.stderr
+
+
+@pytest.mark.parametrize("arch, other", [("mlp", "transformer"), ("transformer", "mlp")])
+def test_resume_refuses_to_change_the_architecture(tmp_path, arch, other):
+    train((small if arch == "mlp" else tiny_transformer)(tmp_path, epochs=5), progress=False)
+    out = run_cli("--resume", str(tmp_path / "ckpt/latest.pth"), "--arch", other, "--epochs", "10")
+    assert out.returncode == 2 and out.stderr.startswith("error: --arch cannot change") and not out.stdout
+    assert load_checkpoint(tmp_path / "ckpt/latest.pth")["epoch"] == 5
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):

@@ -3,15 +3,20 @@ by position only (head 0 to a, head 1 to b), copy the token embeddings into thei
 directions and feed the hand-built Fourier MLP of handbuilt.py. Every answer is known by construction."""
 import json
 import math
+import subprocess
+import sys
 
+import pytest
 import torch
 
 import interpretability
 import transformer_analysis
 from checkpoint import save_checkpoint
+from conftest import ROOT
 from dataset import make_data
 from handbuilt import fourier_transformer, handbuilt_model
 from interpretability import Grid
+from train import Config, train
 
 P, KEYS = 31, [3, 7, 11]
 
@@ -97,3 +102,21 @@ def test_run_writes_the_attention_plot_and_the_head_summary(tmp_path):
     assert [round(h["mean_to_b"], 6) for h in heads] == [0.0, 1.0]
     text = " ".join(interpretability.findings(saved))
     assert "head 0: 100% to a, 0% to b" in text and "head 1: 0% to a, 100% to b" in text
+
+
+@pytest.mark.subprocess
+def test_analysis_and_progress_commands_run_on_a_transformer_checkpoint(tmp_path):
+    ckpt, res = tmp_path / "c", tmp_path / "r"
+    train(Config(arch="transformer", p=23, d_model=16, n_heads=2, d_mlp=24, lr=1e-2, epochs=30,
+                 checkpoint_dir=str(ckpt), results_dir=str(res)), progress=False)
+    out = subprocess.run([sys.executable, "interpretability.py", "--quiet", "--checkpoint", str(ckpt / "model_final.pth"),
+                          "--results-dir", str(res)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "Attention from '='" in out.stdout and "Residual stream at '='" in out.stdout
+    assert (res / "attention_patterns.png").stat().st_size > 10_000
+    assert len(json.loads((res / "analysis_summary.json").read_text())["attention"]) == 2
+    replay = subprocess.run([sys.executable, "interpretability.py", "--progress", "--quiet", "--checkpoint",
+                             str(ckpt), "--results-dir", str(res)], cwd=ROOT, capture_output=True, text=True)
+    assert replay.returncode == 0, replay.stderr
+    measures = json.loads((res / "progress_measures.json").read_text())
+    assert len(measures["series"]["epoch"]) == len(list((ckpt / "snapshots").glob("*.pth")))
