@@ -70,7 +70,7 @@ class Config:
 # Each architecture's own flags, and the defaults it brings (chosen by measurement, see the README);
 # presets and explicit flags still win over them.
 ARCH_FLAGS = {"mlp": ("d_embed", "d_hidden", "activation"), "transformer": ("d_model", "n_heads", "d_mlp", "activation")}
-ARCH_DEFAULTS = {"mlp": {}, "transformer": {"lr": 1e-2, "weight_decay": 1.0, "train_frac": 0.25, "snapshot_every": 50}}
+ARCH_DEFAULTS = {"mlp": {}, "transformer": {"lr": 1e-2, "weight_decay": 0.5, "snapshot_every": 50}}
 ARCH_NAMES = {"mlp": "ToyMLP", "transformer": "1-layer transformer"}
 
 # Named presets: their values replace the defaults; flags given explicitly still win.
