@@ -6,7 +6,8 @@
 1. trains ToyMLP (or the transformer) on (a + b) mod 113 with train.py's defaults, stopping at 2x the grokking epoch
    (train.py's own default runs to 3x, for a longer clean-up);
 2. opens the trained network (interpretability.py): key frequencies, neurons, ablations;
-3. replays the training snapshots (progress.py): memorization, circuit formation, clean-up.
+3. replays the training snapshots (progress.py): memorization, circuit formation, clean-up;
+4. writes the interactive page results/report.html (report.py).
 Writes checkpoints/ and results/ exactly as the three scripts do.
 """
 import argparse
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import interpretability
 import progress
+import report
 from train import ARCH_DEFAULTS, ARCH_FLAGS, ARCH_NAMES, Config, train, validate
 
 
@@ -61,6 +63,8 @@ def main(argv=None) -> int:
         print(f"- {line}")
     print(f"\nPlots: {results / 'training_curves.png'}, {results / 'progress_measures.png'}, "
           + ", ".join(str(p) for p in paths))
+    page = report.build_report(cfg.checkpoint_dir, cfg.results_dir)
+    print(f"Interactive report: {page} (open it in a browser; it works offline)")
     print("Next: python interpretability.py --help, python train.py --help, and the README.")
     return 0
 

@@ -133,6 +133,8 @@ def test_quick_start_runs_end_to_end_and_groks(tmp_path):
                             str(ckpt / "model_final.pth"), "--results-dir", str(tmp_path / "r2")],
                            cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0 and "Phases: memorization" in again.stdout
+    assert f"Interactive report: {res / 'report.html'}" in out.stdout
+    assert (res / "report.html").stat().st_size > 1_000_000  # plotly.js is inside the page
 
 
 @pytest.mark.parametrize("memorized, restricted, norm, expected", [

@@ -1,0 +1,235 @@
+"""report.py: the page's parts and missing inputs, and (in a real headless Chromium, driven by Playwright)
+that it loads offline without errors, draws every figure and reacts to the slider and the dropdown.
+
+The browser tests skip with a reason where the playwright package or /usr/bin/chromium is missing
+(`pip install playwright`, `apt-get install chromium`; .ci/run installs both). To redraw the README's
+screenshot from a default run: python tests/test_report.py results/report.html docs/figures/report_screenshot.png
+"""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script too (the screenshot, at the end)
+import interpretability  # noqa: E402
+import progress  # noqa: E402
+import report  # noqa: E402
+from checkpoint import load_model  # noqa: E402
+from train import Config, train  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+PLOTS = ["training-curves", "epoch-slider", "neuron-explorer", "fourier-spectrum", "ablation-curves",
+         "frequency-ablation"]
+MAX_BYTES = 15_000_000
+
+
+def small_run(folder: Path, **overrides) -> tuple[Path, Path]:
+    """A few seconds: train a tiny model, analyse it and replay its snapshots, as the three commands do."""
+    ckpt, res = folder / "c", folder / "r"
+    cfg = Config(p=23, d_embed=16, d_hidden=32, epochs=60, eval_every=5, checkpoint_every=20, snapshot_every=10,
+                 checkpoint_dir=str(ckpt), results_dir=str(res), **overrides)
+    train(cfg, progress=False)
+    interpretability.run(ckpt / "model_final.pth", res, draws=1, progress=False)
+    progress.run(ckpt, res, progress=False)
+    return ckpt, res
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return small_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def page_path(run):
+    return report.build_report(*run)
+
+
+def test_the_page_is_one_offline_file_with_every_part(page_path):
+    text = page_path.read_text()
+    assert page_path == page_path.parent / "report.html"
+    assert text.count("plotly.js v") == 1  # the library's own header: embedded once, in the head
+    head, body = text.split("</head>")
+    assert head.count("<script>") == 1 and "<script src" not in body and "<link" not in body
+    assert "Missing" not in body
+    for name in PLOTS:
+        assert f'id="{name}-plot"' in text
+    assert "Key frequencies" in text or "No clear frequency structure" in text  # interpretability.findings
+    assert "<th>weight_decay</th>" in text  # the config
+    assert page_path.stat().st_size <= MAX_BYTES
+
+
+def test_missing_analysis_still_writes_the_page_and_names_the_commands(run, tmp_path):
+    ckpt, _ = run
+    assert report.main(["--checkpoint-dir", str(ckpt), "--results-dir", str(tmp_path)]) == 0
+    text = (tmp_path / "report.html").read_text()
+    assert 'id="training-curves-plot"' in text and 'id="epoch-slider-plot"' in text  # from the checkpoints alone
+    assert 'id="neuron-explorer-plot"' not in text and 'id="ablation-curves-plot"' not in text
+    assert f"python interpretability.py --checkpoint {ckpt}/model_final.pth --results-dir {tmp_path}" in text
+    assert f"python interpretability.py --progress --checkpoint {ckpt}" in text
+
+
+def test_missing_checkpoints_still_write_the_page_from_the_json_files(run, tmp_path):
+    _, res = run
+    shutil.copytree(res, tmp_path / "r")
+    assert report.main(["--checkpoint-dir", str(tmp_path / "none"), "--results-dir", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.html").read_text()
+    assert 'id="ablation-curves-plot"' in text and 'id="frequency-ablation-plot"' in text
+    assert 'id="training-curves-plot"' not in text and 'id="epoch-slider-plot"' not in text
+    assert f"Missing checkpoints: run <code>python train.py --checkpoint-dir {tmp_path / 'none'}" in text
+
+
+def test_default_folders_give_the_plain_commands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert report.main([]) == 0
+    text = (tmp_path / "results" / "report.html").read_text()
+    for command in ("python train.py</code>", "python interpretability.py</code>",
+                    "python interpretability.py --progress</code>"):
+        assert command in text
+
+
+def test_an_unwritable_results_folder_is_one_error_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    assert report.main(["--results-dir", str(tmp_path / "blocked" / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --results-dir") and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "blocked").read_text() == "a file where the folder should be"
+
+
+def test_the_default_size_page_stays_under_15_mb(tmp_path):
+    """p = 113 and the default widths (one epoch: the size does not depend on training), with a neuron
+    table for the explorer; the neurons' heatmaps and plotly.js are nearly all of the page."""
+    ckpt, res = tmp_path / "c", tmp_path / "r"
+    train(Config(epochs=1, checkpoint_dir=str(ckpt), results_dir=str(res)), progress=False)
+    model, _ = load_model(ckpt / "model_final.pth")
+    neurons = [{"neuron": n, "causal_rank": n, "dominant_frequency": 1 + n % 56, "dominant_frequency_fraction": 0.5,
+                "cluster": None, "mean_ablation_loss_increase": 0.0} for n in range(model.d_hidden)]
+    (res / "neuron_ranking.json").write_text(json.dumps({"neurons": neurons}))
+    path = report.build_report(ckpt, res)
+    assert 'id="neuron-explorer-plot"' in path.read_text()
+    assert 5_000_000 < path.stat().st_size <= MAX_BYTES
+
+
+def test_a_transformer_report_shows_each_heads_attention(tmp_path):
+    ckpt, res = small_run(tmp_path, arch="transformer", d_model=16, n_heads=2, d_mlp=24, lr=1e-2)
+    parts = {title: content for title, _, content in report.sections(report.load_run(ckpt, res))}
+    attention = parts["Attention heads"]
+    assert [trace.type for trace in attention.data] == ["heatmap"] * 4  # 2 heads x (to a, to b)
+    model, _ = load_model(ckpt / "model_final.pth")
+    assert torch.allclose(torch.tensor(attention.data[1].z), report.transformer_analysis.attention_patterns(
+        model, report.load_run(ckpt, res)["grid"])[0, 1], atol=1e-6)
+
+
+# ---------------------------------------------------------------- in a real browser
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright package: pip install playwright")
+    if not CHROMIUM.exists():
+        pytest.skip(f"no {CHROMIUM}: apt-get install chromium")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, path: Path):
+    """The page opened from file://, with its console errors, page errors and requests recorded."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    events = {"errors": [], "requests": []}
+    page.on("console", lambda msg: msg.type == "error" and events["errors"].append(msg.text))
+    page.on("pageerror", lambda err: events["errors"].append(str(err)))
+    page.on("request", lambda request: events["requests"].append(request.url))
+    page.goto(path.resolve().as_uri())
+    page.wait_for_function(f"document.querySelectorAll('.plotly-graph-div .main-svg').length >= {len(PLOTS)}")
+    return page, events
+
+
+@pytest.fixture
+def page(browser, page_path):
+    page, events = open_page(browser, page_path)
+    yield page, events
+    page.close()
+
+
+def test_the_page_loads_from_file_without_errors_or_network(page):
+    page, events = page
+    page.wait_for_timeout(300)
+    assert events["errors"] == []
+    assert events["requests"] and all(url.startswith(("file:", "data:", "about:")) for url in events["requests"])
+
+
+def test_every_figure_draws(page):
+    page, _ = page
+    drawn = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('.plotly-graph-div')].map(
+        d => [d.id, d.querySelectorAll('svg.main-svg .trace, svg.main-svg .hm').length]))""")
+    assert sorted(drawn) == sorted(f"{name}-plot" for name in PLOTS)
+    assert all(count > 0 for count in drawn.values()), drawn
+
+
+def plot_state(page, div: str, trace: int, key: str):
+    """The drawn values of one trace (plotly's full data, after its typed arrays are decoded) and the title."""
+    return page.evaluate(f"""() => {{ const d = document.getElementById('{div}');
+        const v = d._fullData[{trace}].{key};
+        return [Array.from(v, row => typeof row === 'number' ? row : Array.from(row)), d.layout.title.text]; }}""")
+
+
+def test_moving_the_epoch_slider_changes_the_spectrum(page):
+    page, events = page
+    before, title = plot_state(page, "epoch-slider-plot", 0, "y")
+    assert title.startswith("epoch 60:")  # the slider starts at the last snapshot
+    rail = page.locator("#epoch-slider-plot .slider-rail-touch-rect")
+    rail.scroll_into_view_if_needed()
+    box = rail.bounding_box()
+    page.mouse.click(box["x"] + 2, box["y"] + box["height"] / 2)  # the rail's left end: epoch 0
+    page.wait_for_function("document.getElementById('epoch-slider-plot').layout.title.text.startsWith('epoch 0:')")
+    after, _ = plot_state(page, "epoch-slider-plot", 0, "y")
+    assert len(after) == len(before) and max(abs(x - y) for x, y in zip(before, after)) > 1e-3
+    assert events["errors"] == []
+
+
+def test_choosing_another_neuron_changes_the_heatmap(page, run):
+    page, events = page
+    ckpt, res = run
+    neurons = json.loads((res / "neuron_ranking.json").read_text())["neurons"]
+    before, title = plot_state(page, "neuron-explorer-plot", 0, "z")
+    assert title.startswith(f"neuron {neurons[0]['neuron']}, causal rank 1")
+    page.locator("#neuron-explorer-plot .updatemenu-header").click()
+    page.locator("#neuron-explorer-plot .updatemenu-dropdown-button").nth(1).click()
+    page.wait_for_function("document.getElementById('neuron-explorer-plot').layout.title.text"
+                           ".includes('causal rank 2')")
+    raw, title = plot_state(page, "neuron-explorer-plot", 0, "z")
+    reordered, _ = plot_state(page, "neuron-explorer-plot", 1, "z")
+    assert title.startswith(f"neuron {neurons[1]['neuron']}, causal rank 2") and raw != before
+    model, _ = load_model(ckpt / "model_final.pth")
+    expected = report.neuron_activations(model, report.load_run(ckpt, res)["grid"], neurons[1:2])[0]
+    assert torch.allclose(torch.tensor(raw), torch.from_numpy(expected[0]), atol=1e-5)  # a rows, b columns
+    assert torch.allclose(torch.tensor(reordered), torch.from_numpy(expected[1]), atol=1e-5)
+    assert events["errors"] == []
+
+
+def screenshot(page, png: Path, sections: int = 3) -> None:
+    """The top of the page: findings and the first `sections` parts."""
+    bottom = page.evaluate(f"document.querySelectorAll('section')[{sections}].getBoundingClientRect().bottom")
+    page.screenshot(path=str(png), clip={"x": 0, "y": 0, "width": 1400, "height": bottom + 10}, full_page=True)
+
+
+def test_a_screenshot_is_written(page, tmp_path):
+    page, _ = page
+    screenshot(page, tmp_path / "report.png")
+    png = (tmp_path / "report.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and int.from_bytes(png[16:20], "big") == 1400 and len(png) > 50_000
+
+
+if __name__ == "__main__":  # python tests/test_report.py PAGE.html OUT.png
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        shown, recorded = open_page(chromium, Path(sys.argv[1]))
+        shown.wait_for_timeout(500)
+        screenshot(shown, Path(sys.argv[2]))
+        chromium.close()
+        print(f"wrote {sys.argv[2]}" + (f"; page errors: {recorded['errors']}" if recorded["errors"] else ""))
