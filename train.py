@@ -40,8 +40,8 @@ class Config:
     train_frac: float = _f(0.3, "share of all p*p pairs used for training, in (0, 1)", "data")
     data_seed: int = _f(598, "seed of the train/test split (independent of --seed)", "data")
     # model
-    arch: str = _f("mlp", "architecture: mlp (ToyMLP) or transformer (the 1-layer transformer of Nanda et al. "
-                          "2023; it brings its own defaults, see ARCH_DEFAULTS)", "model")
+    arch: str = _f("mlp", "architecture: mlp (ToyMLP) or transformer (the 1-layer transformer of Nanda et al. 2023)",
+                   "model")
     d_embed: int = _f(128, "mlp: embedding width per operand", "model")
     d_hidden: int = _f(256, "mlp: hidden neurons", "model")
     activation: str = _f("relu", f"the neurons' activation (both architectures): {', '.join(ACTIVATIONS)}", "model")
@@ -332,8 +332,12 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     groups = {}
     for f in fields(Config):
         group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
+        help = f.metadata["help"]
+        if f.name == "arch":
+            help += "; with --arch transformer the defaults become " + ", ".join(
+                f"--{k.replace('_', '-')} {v:g}" for k, v in ARCH_DEFAULTS["transformer"].items())
         group.add_argument(f"--{f.name.replace('_', '-')}", type=f.type,
-                           default=argparse.SUPPRESS if suppress_defaults else f.default, help=f.metadata["help"])
+                           default=argparse.SUPPRESS if suppress_defaults else f.default, help=help)
     return parser
 
 
