@@ -53,6 +53,8 @@ class Config:
     weight_decay: float = _f(1.0, "AdamW decoupled weight decay (>= 0)", "optimisation")
     beta1: float = _f(0.9, "AdamW beta1, in [0, 1)", "optimisation")
     beta2: float = _f(0.98, "AdamW beta2, in [0, 1)", "optimisation")
+    loss_dtype: str = _f("float32", "precision of the training loss: float32, or float64, which keeps the "
+                                    "gradient of a tiny loss from being float32 rounding noise", "optimisation")
     batch_size: int = _f(0, "minibatch size; 0 = full batch (one step per epoch, the usual grokking regime)", "optimisation")
     epochs: int = _f(10000, "maximum number of epochs", "optimisation")
     stop_after_grok: float = _f(3.0, "stop at this multiple of the grokking epoch, so the clean-up phase "
@@ -70,7 +72,9 @@ class Config:
 # Each architecture's own flags, and the defaults it brings (chosen by measurement, see the README);
 # presets and explicit flags still win over them.
 ARCH_FLAGS = {"mlp": ("d_embed", "d_hidden", "activation"), "transformer": ("d_model", "n_heads", "d_mlp", "activation")}
-ARCH_DEFAULTS = {"mlp": {}, "transformer": {"lr": 1e-2, "weight_decay": 0.5, "snapshot_every": 50}}
+ARCH_DEFAULTS = {"mlp": {}, "transformer": {"lr": 1e-2, "weight_decay": 0.5, "loss_dtype": "float64",
+                                            "snapshot_every": 50}}
+LOSS_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 ARCH_NAMES = {"mlp": "ToyMLP", "transformer": "1-layer transformer"}
 
 # Named presets: their values replace the defaults; flags given explicitly still win.
@@ -105,6 +109,8 @@ def validate(cfg: Config) -> None:
     check_args(cfg.p, cfg.op, cfg.train_frac)
     if cfg.arch not in ARCH_FLAGS:
         raise ValueError(f"unknown --arch {cfg.arch!r}: choose one of {', '.join(ARCH_FLAGS)}")
+    if cfg.loss_dtype not in LOSS_DTYPES:
+        raise ValueError(f"unknown --loss-dtype {cfg.loss_dtype!r}: choose one of {', '.join(LOSS_DTYPES)}")
     if cfg.activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {cfg.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
     checks = [
@@ -152,12 +158,13 @@ def evaluate(model, data) -> dict:
     return out
 
 
-def train_one_epoch(model, optimizer, data, full_batch, batch_size, generator) -> float:
-    """One pass over the training split; returns the mean loss of its steps."""
+def train_one_epoch(model, optimizer, data, full_batch, batch_size, generator, loss_dtype=torch.float32) -> float:
+    """One pass over the training split; returns the mean loss of its steps. The loss (log-softmax
+    and its gradient) is computed in loss_dtype; the model itself runs in float32."""
     batches = [data.subset("train")] if full_batch else data.train_batches(batch_size, generator)
     losses = []
     for a, b, y in batches:
-        loss = F.cross_entropy(model(a, b), y)
+        loss = F.cross_entropy(model(a, b).to(loss_dtype), y)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
@@ -250,7 +257,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     with interrupt:
         while epoch < cfg.epochs:
             tick = time.perf_counter()
-            train_one_epoch(model, optimizer, data, full_batch, cfg.batch_size, batch_gen)
+            train_one_epoch(model, optimizer, data, full_batch, cfg.batch_size, batch_gen, LOSS_DTYPES[cfg.loss_dtype])
             step_seconds += time.perf_counter() - tick
             epoch += 1
             bar.update(1)
@@ -335,7 +342,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         help = f.metadata["help"]
         if f.name == "arch":
             help += "; with --arch transformer the defaults become " + ", ".join(
-                f"--{k.replace('_', '-')} {v:g}" for k, v in ARCH_DEFAULTS["transformer"].items())
+                f"--{k.replace('_', '-')} {v}" for k, v in ARCH_DEFAULTS["transformer"].items())
         group.add_argument(f"--{f.name.replace('_', '-')}", type=f.type,
                            default=argparse.SUPPRESS if suppress_defaults else f.default, help=help)
     return parser

@@ -5,11 +5,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from checkpoint import load_checkpoint, load_model
 from conftest import ROOT, start_training
+from dataset import make_data
 from model import ToyMLP
-from train import ARCH_DEFAULTS, Config, config_from_args, snapshot_epochs, train
+from train import ARCH_DEFAULTS, Config, config_from_args, make_optimizer, snapshot_epochs, train, train_one_epoch
 from transformer import Transformer
 
 
@@ -96,6 +98,41 @@ def test_arch_defaults_apply_under_explicit_flags():
     assert config_from_args([])[0] == Config()  # ToyMLP's defaults are the dataclass's
 
 
+def test_float64_loss_keeps_the_gradient_that_float32_rounds_away():
+    """A confidently right model (logit 30 at the answer, 0 elsewhere): in float32 the correct class's
+    softmax rounds to exactly 1, so its gradient is 0 while the wrong classes' are not (the gradient no
+    longer sums to 0). In float64 it is -(sum of the wrong classes' probabilities), as it should be."""
+    y = torch.arange(7)
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        logits = (30.0 * F.one_hot(y, 7).float()).requires_grad_()
+        F.cross_entropy(logits.to(dtype), y).backward()
+        grads[dtype] = logits.grad
+    assert (grads[torch.float32][y, y] == 0).all() and (grads[torch.float32].sum(1) > 0).all()
+    assert (grads[torch.float64][y, y] < 0).all()
+    torch.testing.assert_close(grads[torch.float64].sum(1), torch.zeros(7), atol=1e-20, rtol=0)
+
+
+def test_train_one_epoch_computes_the_loss_in_the_given_dtype():
+    data, cfg = make_data(7, "add", 0.5, 0), Config(p=7, d_embed=4, d_hidden=8)
+    a, b, y = data.subset("train")
+    torch.manual_seed(0)
+    start = ToyMLP(7, 4, 8).state_dict()
+    stepped = {}
+    for dtype in (torch.float32, torch.float64):
+        model = ToyMLP(7, 4, 8)
+        model.load_state_dict(start)
+        train_one_epoch(model, make_optimizer(model, cfg), data, True, 0, None, dtype)
+        stepped[dtype] = model.state_dict()
+    by_hand = ToyMLP(7, 4, 8)
+    by_hand.load_state_dict(start)
+    optimizer = make_optimizer(by_hand, cfg)
+    F.cross_entropy(by_hand(a, b).double(), y).backward()
+    optimizer.step()
+    assert all(torch.equal(w, stepped[torch.float64][k]) for k, w in by_hand.state_dict().items())
+    assert not all(torch.equal(w, stepped[torch.float32][k]) for k, w in by_hand.state_dict().items())
+
+
 def test_checkpoints_snapshots_and_results_are_written(tmp_path):
     summary = train(small(tmp_path), progress=False)
     snaps = sorted((tmp_path / "ckpt/snapshots").glob("epoch_*.pth"))
@@ -126,7 +163,7 @@ BAD_INPUTS = [
     ["--p", "abc"], ["--preset", "fastest"],
     ["--arch", "rnn"], ["--arch", "transformer", "--n-heads", "3"], ["--arch", "transformer", "--d-mlp", "0"],
     ["--arch", "transformer", "--d-model", "0"], ["--arch", "transformer", "--n-heads", "0"],
-    ["--arch", "transformer", "--d-hidden", "64"], ["--d-model", "64"],
+    ["--arch", "transformer", "--d-hidden", "64"], ["--d-model", "64"], ["--loss-dtype", "float16"],
 ]
 
 
