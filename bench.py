@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from dataset import make_data
 from model import ToyMLP
 from checkpoint import build_model
-from train import ARCH_DEFAULTS, ARCH_FLAGS, Config, make_optimizer, model_config, train, train_one_epoch
+from train import (ARCH_DEFAULTS, ARCH_FLAGS, LOSS_DTYPES, Config, make_optimizer, model_config, train,
+                   train_one_epoch)
 from utils import provenance
 
 
@@ -43,6 +44,14 @@ class NaiveMLP(nn.Module):
     def forward(self, a, b):
         x = torch.cat([self.embed(a), self.embed(b)], dim=-1)
         return self.unembed(F.relu(self.hidden(x)))
+
+
+def training_step(forward, optimizer, a, b, y, loss_dtype=torch.float32) -> None:
+    """One full-batch step through any forward function (a model, or a model's run_with_hooks)."""
+    loss = F.cross_entropy(forward(a, b).to(loss_dtype), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def time_ms(fn, repeats: int) -> float:
@@ -73,12 +82,6 @@ def step_timings(cfg: Config, rounds: int, steps: int) -> dict[str, list[float]]
     opt_ours, opt_naive = make_optimizer(ours, cfg), make_optimizer(naive, cfg)
     a, b, y = data.subset("train")
 
-    def naive_step():
-        loss = F.cross_entropy(naive(a, b), y)
-        opt_naive.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_naive.step()
-
     classic = make_data(cfg.p, cfg.op, 0.8, cfg.data_seed)
     model_classic = NaiveMLP(cfg.p, cfg.d_embed, cfg.d_hidden)
     opt_classic = torch.optim.AdamW(model_classic.parameters(), lr=1e-3, weight_decay=1e-2)
@@ -86,41 +89,30 @@ def step_timings(cfg: Config, rounds: int, steps: int) -> dict[str, list[float]]
 
     def classic_epoch():
         for xa, xb, xy in loader:
-            loss = F.cross_entropy(model_classic(xa, xb), xy)
-            opt_classic.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_classic.step()
+            training_step(model_classic, opt_classic, xa, xb, xy)
 
     times = {"ours": [], "naive": [], "classic_epoch": []}
     for _ in range(rounds):
         times["ours"].append(time_ms(lambda: train_one_epoch(ours, opt_ours, data, True, 0, None), steps))
-        times["naive"].append(time_ms(naive_step, steps))
+        times["naive"].append(time_ms(lambda: training_step(naive, opt_naive, a, b, y), steps))
         times["classic_epoch"].append(time_ms(classic_epoch, 1))
     return times
 
 
 def transformer_step_timings(cfg: Config, rounds: int, steps: int) -> dict[str, list[float]]:
-    """The same transformer weights trained through its fast forward and through run_with_hooks."""
+    """The same transformer weights trained as train.py does (its fast forward) and through
+    run_with_hooks, interleaved round by round; both with the run's loss precision."""
     data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed)
     a, b, y = data.subset("train")
-    times = {}
-    models = {"ours": build_model(model_config(cfg)), "all_positions": build_model(model_config(cfg))}
-    models["all_positions"].load_state_dict(models["ours"].state_dict())
-    steps_by_name = {}
-    for name, model in models.items():
-        forward = model if name == "ours" else model.run_with_hooks
-        optimizer = make_optimizer(model, cfg)
-
-        def step(forward=forward, optimizer=optimizer):
-            loss = F.cross_entropy(forward(a, b), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        steps_by_name[name], times[name] = step, []
+    loss_dtype = LOSS_DTYPES[cfg.loss_dtype]
+    ours, spelled = build_model(model_config(cfg)), build_model(model_config(cfg))
+    spelled.load_state_dict(ours.state_dict())
+    opt_ours, opt_spelled = make_optimizer(ours, cfg), make_optimizer(spelled, cfg)
+    times = {"ours": [], "all_positions": []}
     for _ in range(rounds):
-        for name, step in steps_by_name.items():
-            times[name].append(time_ms(step, steps))
+        times["ours"].append(time_ms(lambda: train_one_epoch(ours, opt_ours, data, True, 0, None, loss_dtype), steps))
+        times["all_positions"].append(
+            time_ms(lambda: training_step(spelled.run_with_hooks, opt_spelled, a, b, y, loss_dtype), steps))
     return times
 
 

@@ -150,22 +150,22 @@ def token_embedding(model) -> torch.Tensor:
     return model.W_E[:model.p]
 
 
-def operand_tables(model) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each operand's input to the neurons: hidden_pre over all (a, b), averaged over b (a table
-    per a) and over a (per b), (p, d_hidden) each. For ToyMLP, whose hidden_pre is
-    table_a[a] + table_b[b] + b_in, these are its token tables plus constants, which no frequency
-    k >= 1 sees; for the transformer, the part of each neuron's input that depends on one operand."""
-    p = model.p
-    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
-    with torch.no_grad():
-        pre = model.run_with_cache(a, b)[1]["hidden_pre"].double().reshape(p, p, -1)
-    return pre.mean(1), pre.mean(0)
+def operand_power(hidden_pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Power per frequency of each operand's input to the neurons, (p//2,) each, from hidden_pre
+    over all (a, b) as (p, p, d_hidden): averaged over b it is a table per a, over a one per b.
+    For ToyMLP, whose hidden_pre is table_a[a] + table_b[b] + b_in, these are its token tables plus
+    constants, which no frequency k >= 1 sees; for the transformer, the part of each neuron's input
+    that depends on one operand."""
+    pre = hidden_pre.double()
+    return fourier.power_per_frequency(pre.mean(1)), fourier.power_per_frequency(pre.mean(0))
 
 
 def hidden_input_power(model) -> tuple[torch.Tensor, torch.Tensor]:
-    """Power per frequency of each operand's input to the hidden neurons, (p//2,) each."""
-    table_a, table_b = operand_tables(model)
-    return fourier.power_per_frequency(table_a), fourier.power_per_frequency(table_b)
+    """operand_power of the model's hidden_pre over all p*p pairs."""
+    p = model.p
+    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
+    with torch.no_grad():
+        return operand_power(model.run_with_cache(a, b)[1]["hidden_pre"].reshape(p, p, -1))
 
 
 def model_key_frequencies(model) -> list[int]:
@@ -178,12 +178,12 @@ def fourier_analysis(model, grid) -> dict:
     """Spectra, key frequencies, neuron frequencies, logit fit, restricted/excluded losses and
     frequency ablations (see fourier.py for each definition)."""
     p, op = grid.p, grid.op
-    hidden_power_a, hidden_power_b = hidden_input_power(model)
-    hidden_power = hidden_power_a + hidden_power_b
-    keys = fourier.key_frequencies(hidden_power)
     with torch.no_grad():
         embed_power = fourier.power_per_frequency(token_embedding(model))
         logits, cache = model.run_with_cache(grid.a, grid.b)
+    hidden_power_a, hidden_power_b = operand_power(cache["hidden_pre"].reshape(p, p, -1))
+    hidden_power = hidden_power_a + hidden_power_b
+    keys = fourier.key_frequencies(hidden_power)
     fractions = fourier.neuron_frequency_fractions(cache["hidden_post"].reshape(p, p, -1))  # (d_hidden, p//2)
     best_fraction, best = fractions.max(dim=1)
     neuron_freq = best + 1

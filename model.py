@@ -28,13 +28,18 @@ ACTIVATIONS = {
 Hooks = dict[str, Callable[[torch.Tensor], torch.Tensor]]
 
 
+def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function ACTIVATIONS names, or ValueError naming the choices."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
 class ToyMLP(nn.Module):
     def __init__(self, p: int, d_embed: int = 128, d_hidden: int = 256, activation: str = "relu"):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+        self.act = activation_function(activation)
         self.p, self.d_embed, self.d_hidden, self.activation = p, d_embed, d_hidden, activation
-        self.act = ACTIVATIONS[activation]
         # The same initialisation as nn.Embedding (N(0, 1)) and nn.Linear (U(+-1/sqrt(fan_in))).
         self.W_E = nn.Parameter(torch.randn(p, d_embed))  # (p, d_embed)
         self.W_in = nn.Parameter(_uniform(2 * d_embed, (2 * d_embed, d_hidden)))  # rows: [a part; b part]

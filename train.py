@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from dataset import OPS, SYMBOLS, check_args, make_data
-from model import ACTIVATIONS, cross_entropy_per_row, sum_squared_weights
+from model import ACTIVATIONS, activation_function, cross_entropy_per_row, sum_squared_weights
 from plots import plot_training_curves
 from utils import check_output_dir, first_epoch_at, provenance, resolve_device, write_json
 
@@ -111,8 +111,7 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"unknown --arch {cfg.arch!r}: choose one of {', '.join(ARCH_FLAGS)}")
     if cfg.loss_dtype not in LOSS_DTYPES:
         raise ValueError(f"unknown --loss-dtype {cfg.loss_dtype!r}: choose one of {', '.join(LOSS_DTYPES)}")
-    if cfg.activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {cfg.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+    activation_function(cfg.activation)  # raises ValueError naming the choices
     checks = [
         (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}"),
         (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),

@@ -28,11 +28,12 @@ activations at "=" (batch, d_mlp), as ToyMLP names its neurons; neuron_readout()
 hidden_post to the logits, the role ToyMLP's W_U plays.
 """
 import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import ACTIVATIONS, Hooks, hook_point
+from model import Hooks, activation_function, hook_point
 
 # In the order the spelled-out forward meets them. Shapes: (batch, 3, ...) at every position,
 # except hidden_pre / hidden_post (batch, d_mlp) and logits (batch, p), all at "=".
@@ -52,9 +53,7 @@ N_CTX = 3  # a, b, "="
 class Transformer(nn.Module):
     def __init__(self, p: int, d_model: int = 128, n_heads: int = 4, d_mlp: int = 512, activation: str = "relu"):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
-        self.activation, self.act = activation, ACTIVATIONS[activation]
+        self.activation, self.act = activation, activation_function(activation)
         for name, value in (("p", p), ("d_model", d_model), ("n_heads", n_heads), ("d_mlp", d_mlp)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
