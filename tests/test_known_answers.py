@@ -588,3 +588,16 @@ def test_circuit_size_meets_the_threshold_inclusively():
 
 def test_spearman_for_two_neurons():
     assert ranking_agreement(torch.tensor([0, 1]), torch.tensor([1, 0]))["spearman"] == pytest.approx(-1.0)
+
+
+def test_operand_power_is_each_operands_token_table_spectrum():
+    """ToyMLP's hidden_pre is table_a[a] + table_b[b] + b_in, so each operand's spectrum must be that of
+    its own token table (the weights, not a forward pass); a random network makes the two differ."""
+    torch.manual_seed(3)
+    model = ToyMLP(P, 16, 32)
+    with torch.no_grad():
+        table_a, table_b = model.token_tables()
+        power_a, power_b = interpretability.hidden_input_power(model)
+    torch.testing.assert_close(power_a, fourier.power_per_frequency(table_a), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(power_b, fourier.power_per_frequency(table_b), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(power_a, power_b, rtol=1e-2)

@@ -86,6 +86,23 @@ def test_the_residual_stream_at_eq_is_all_key_frequency():
     assert abs(r1["key_variance_share"] - 1 / 3) < 1e-6
 
 
+def test_the_residual_streams_mean_is_kept_with_either_part():
+    """"=" given an embedding in the block W_U reads: a constant in resid_mid that adds a bias to every
+    input's logits. Both interventions keep resid_mid's mean, so the bias stays: keeping the key part
+    (here all of the rest) gives exactly the model's loss, and removing it leaves logits = bias only."""
+    model, _ = fourier_transformer(P, KEYS)
+    grid = grid_for()
+    O = 3 * 2 * len(KEYS) + 3  # handbuilt_transformer's output block
+    bias = 3.0 * torch.cos(2 * math.pi * torch.arange(P) / P)
+    with torch.no_grad():
+        model.W_E[P, O:O + P] = bias
+        full_loss = grid.loss_acc(model(grid.a, grid.b))[0]
+    r = transformer_analysis.residual_key_directions(model, grid, KEYS)
+    assert abs(r["keep_key_loss"] - full_loss) <= 1e-3 * full_loss
+    uniform_with_bias = float(torch.logsumexp(bias.double(), 0)) - float(bias.double()[grid.y].mean())
+    assert abs(r["remove_key_loss"] - uniform_with_bias) < 1e-4
+
+
 def test_run_writes_the_attention_plot_and_the_head_summary(tmp_path):
     model, _ = fourier_transformer(P, KEYS)
     data = make_data(P, "add", 0.3, 0)
