@@ -1,15 +1,71 @@
 """Fourier analysis on Z_p: the basis, spectra, key frequencies, and the logit decompositions
 of Nanda et al. (2023). Pure functions of tensors, so they can be tested on hand-built models.
 
-Conventions: frequency k in 1..p//2 stands for w_k = 2*pi*k/p; s(a, b) is the combination the
-algorithm computes, a + b for 'add' (a - b for 'sub'; mul and div have no such structure).
+Conventions: frequency k in 1..n//2 stands for w_k = 2*pi*k/n on Z_n; s(i, j) is the combination
+the algorithm computes, i + j for 'add' and i - j for 'sub'.
+
+Bases are data (Basis): the analysis runs over positions 0..n-1 of a cyclic group, each standing for
+one token. For add and sub the group is Z_p itself (position = token). For mul and div with a prime p
+it is the multiplicative group of Z_p, which is cyclic of order p - 1: with g the smallest primitive
+root, token x = g^i sits at position i = log_g x, and a * b = g^(i + j) turns multiplication into
+addition mod p - 1 (division into subtraction). Token 0 has no logarithm and no position.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 
 KEY_RATIO = 10.0  # a key frequency holds >= KEY_RATIO x the median frequency's power
 STRONG_FRACTION = 0.5  # key frequencies holding less than this share of the power: "weak structure"
+
+
+@dataclass(frozen=True, eq=False)
+class Basis:
+    """Where the Fourier measures run: the group Z_n, position i standing for token tokens[i].
+    op: the combination over positions ('add': i + j, 'sub': i - j)."""
+
+    name: str  # for people: "Z_113" or "discrete log base 3 (Z_112)"
+    n: int
+    tokens: torch.Tensor  # (n,) int64: the token at each position
+    op: str
+    generator: int | None = None  # g of the discrete-log basis
+
+    def table(self, per_token: torch.Tensor) -> torch.Tensor:
+        """(p, ...) rows per token -> (n, ...) rows per position."""
+        return per_token[self.tokens]
+
+    def grid(self, over_pairs: torch.Tensor) -> torch.Tensor:
+        """(p, p, ...) values over all token pairs (a, b) -> (n, n, ...) over position pairs."""
+        return over_pairs[self.tokens][:, self.tokens]
+
+    def grid_rows(self, p: int) -> torch.Tensor:
+        """(n*n,) the rows of a p*p grid (a major, b minor) that hold the position pairs, in order."""
+        return (self.tokens[:, None] * p + self.tokens[None, :]).reshape(-1)
+
+
+class NoBasis(ValueError):
+    """The op has no known basis for this p (the message says why)."""
+
+
+def primitive_root(p: int) -> int:
+    """The smallest generator of the multiplicative group of Z_p (p prime)."""
+    order = p - 1
+    factors = {q for q in range(2, order + 1) if order % q == 0 and all(q % d for d in range(2, int(q**0.5) + 1))}
+    return next(g for g in range(1, p) if all(pow(g, order // q, p) != 1 for q in factors))
+
+
+def basis_for(p: int, op: str) -> Basis:
+    """The basis in which op's algorithm is addition or subtraction; NoBasis where there is none."""
+    if op in ("add", "sub"):
+        return Basis(f"Z_{p}", p, torch.arange(p), op)
+    if op not in ("mul", "div"):
+        raise NoBasis(f"op {op!r} has no known basis")
+    if p < 3 or any(p % d == 0 for d in range(2, int(p**0.5) + 1)):
+        raise NoBasis(f"op {op} mod {p}: {p} is not an odd prime, so the non-zero residues are not a cyclic "
+                      "group (zero divisors, and no generator in general) and there is no discrete-log basis")
+    g = primitive_root(p)
+    tokens = torch.tensor([pow(g, i, p) for i in range(p - 1)])
+    return Basis(f"discrete log base {g} (Z_{p - 1})", p - 1, tokens, "add" if op == "mul" else "sub", g)
 
 
 def fourier_basis(p: int) -> tuple[torch.Tensor, list[str]]:
@@ -118,11 +174,11 @@ def trig_directions(p: int, keys: list[int], op: str = "add") -> torch.Tensor:
 
 
 def split_logits(logits: torch.Tensor, keys: list[int], op: str = "add") -> tuple[torch.Tensor, torch.Tensor]:
-    """logits: (p*p, p) over the full grid, rows in dataset.make_table order (a major, b minor).
-    Returns (key_part, rest): key_part is, for each output c, the projection of logits[:, c] (a
-    function of (a, b)) onto cos/sin(w_k s(a, b)) for the key k; rest = logits - key_part."""
-    p = logits.shape[1]
-    dirs = trig_directions(p, keys, op)  # (2K, p*p)
+    """logits: (n*n, outputs) over the full grid of Z_n, rows in dataset.make_table order (a major,
+    b minor). Returns (key_part, rest): key_part is, for each output c, the projection of logits[:, c]
+    (a function of (a, b)) onto cos/sin(w_k s(a, b)) for the key k; rest = logits - key_part."""
+    n = math.isqrt(logits.shape[0])
+    dirs = trig_directions(n, keys, op)  # (2K, n*n)
     key_part = dirs.T @ (dirs @ logits.double())
     return key_part, logits.double() - key_part
 

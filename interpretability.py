@@ -25,7 +25,8 @@ ABLATION_KS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Grid:
-    """All p*p input pairs (a major, b minor) and, for the pairs the op defines, labels and splits."""
+    """All p*p input pairs (a major, b minor) and, for the pairs the op defines, labels and splits;
+    and the op's Fourier basis (fourier.basis_for), or None with the reason in no_basis."""
 
     def __init__(self, p: int, op: str, train_idx: torch.Tensor, test_idx: torch.Tensor):
         self.p, self.op = p, op
@@ -33,6 +34,18 @@ class Grid:
         ta, tb, self.y = make_table(p, op)  # rows of the data set (div lacks b = 0)
         self.rows = ta * p + tb  # each data-set row's position in the grid
         self.split = {"all": torch.arange(len(self.y)), "train": train_idx, "test": test_idx}
+        try:
+            self.basis, self.no_basis = fourier.basis_for(p, op), None
+        except fourier.NoBasis as err:
+            self.basis, self.no_basis = None, str(err)
+        self.in_basis = torch.zeros(p * p, dtype=torch.bool)  # the pairs the basis covers (mul: no 0 operand)
+        if self.basis is not None:
+            self.in_basis[self.basis.grid_rows(p)] = True
+
+    def pairs(self, split: str, in_basis: bool = False) -> torch.Tensor:
+        """The data-set rows of a split; with in_basis only those whose pair the basis covers."""
+        idx = self.split[split]
+        return idx[self.in_basis[self.rows[idx]]] if in_basis else idx
 
     def accuracy(self, logits_grid: torch.Tensor, split: str = "all") -> float:
         """Share of the split's pairs whose correct logit is strictly the largest (as loss_acc counts
@@ -42,8 +55,8 @@ class Grid:
         at_least_correct = (logits >= logits.gather(-1, y[:, None])).sum(-1)  # 1: only the correct one
         return (at_least_correct == 1).double().mean().item()
 
-    def loss_acc(self, logits_grid: torch.Tensor, split: str = "all") -> tuple[float, float]:
-        idx = self.split[split]
+    def loss_acc(self, logits_grid: torch.Tensor, split: str = "all", in_basis: bool = False) -> tuple[float, float]:
+        idx = self.pairs(split, in_basis)
         loss, correct = cross_entropy_per_row(logits_grid[self.rows[idx]], self.y[idx])
         return loss.mean().item(), correct.double().mean().item()
 
@@ -151,8 +164,9 @@ def token_embedding(model) -> torch.Tensor:
 
 
 def operand_power(hidden_pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Power per frequency of each operand's input to the neurons, (p//2,) each, from hidden_pre
-    over all (a, b) as (p, p, d_hidden): averaged over b it is a table per a, over a one per b.
+    """Power per frequency of each operand's input to the neurons, (n//2,) each, from hidden_pre
+    over the basis's position pairs as (n, n, d_hidden) (basis.grid of the (p, p) grid): averaged
+    over b it is a table per a, over a one per b.
     For ToyMLP, whose hidden_pre is table_a[a] + table_b[b] + b_in, these are its token tables plus
     constants, which no frequency k >= 1 sees; for the transformer, the part of each neuron's input
     that depends on one operand."""
@@ -160,41 +174,71 @@ def operand_power(hidden_pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return fourier.power_per_frequency(pre.mean(1)), fourier.power_per_frequency(pre.mean(0))
 
 
-def hidden_input_power(model) -> tuple[torch.Tensor, torch.Tensor]:
-    """operand_power of the model's hidden_pre over all p*p pairs."""
-    p = model.p
-    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
+def grid_cache(model, grid) -> tuple[torch.Tensor, dict]:
+    """Logits (p*p, p) and the cache over all pairs, hidden_pre / hidden_post shaped (p, p, d_hidden)."""
     with torch.no_grad():
-        return operand_power(model.run_with_cache(a, b)[1]["hidden_pre"].reshape(p, p, -1))
+        logits, cache = model.run_with_cache(grid.a, grid.b)
+    for name in ("hidden_pre", "hidden_post"):
+        cache[name] = cache[name].reshape(grid.p, grid.p, -1)
+    return logits, cache
 
 
-def model_key_frequencies(model) -> list[int]:
-    """The key frequencies of a model: those standing out of its hidden-input spectrum."""
-    power_a, power_b = hidden_input_power(model)
-    return fourier.key_frequencies(power_a + power_b)
+def hidden_input_power(model, grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """operand_power of the model's hidden_pre over the grid basis's position pairs."""
+    return operand_power(grid.basis.grid(grid_cache(model, grid)[1]["hidden_pre"]))
+
+
+def model_key_frequencies(model, grid) -> list[int]:
+    """The key frequencies of a model (the rule of select_key_frequencies); [] without a basis."""
+    return fourier_analysis(model, grid)["key_frequencies"]
+
+
+NEURON_FRACTION = 0.5  # a neuron belongs to frequency k's cluster when k holds >= this share of its variance
+REMOVAL_LOSS_RATIO = 2.0  # or: removing k from the embedding multiplies the loss on all pairs by >= this
+
+
+def select_key_frequencies(candidates, neuron_freq, best_fraction, removal: list[dict], base_loss) -> tuple:
+    """The key-frequency rule. A candidate stands out of the spectrum (fourier.key_frequencies:
+    >= KEY_RATIO x the median power); it is a key frequency only if it matters as well: at least one
+    neuron is in its cluster, or removing it from the embedding raises the loss >= REMOVAL_LOSS_RATIO x.
+    removal: frequency_ablation(..., candidates). Returns (keys, evidence per candidate)."""
+    evidence = {}
+    for k, case in zip(candidates, removal):
+        neurons = sum(1 for f, share in zip(neuron_freq, best_fraction) if f == k and share >= NEURON_FRACTION)
+        ratio = case["loss"] / base_loss if base_loss > 0 else float("inf")
+        evidence[k] = {"neurons": neurons, "removal_loss_ratio": ratio,
+                       "key": neurons >= 1 or ratio >= REMOVAL_LOSS_RATIO}
+    return [k for k in candidates if evidence[k]["key"]], evidence
 
 
 def fourier_analysis(model, grid) -> dict:
     """Spectra, key frequencies, neuron frequencies, logit fit, restricted/excluded losses and
-    frequency ablations (see fourier.py for each definition)."""
-    p, op = grid.p, grid.op
+    frequency ablations (see fourier.py for each definition), in the grid's basis: Z_p for add and
+    sub, the discrete logarithms for mul and div. Without a basis: {"basis": None, "no_basis": why}."""
+    basis = grid.basis
+    if basis is None:
+        return {"basis": None, "no_basis": grid.no_basis, "key_frequencies": []}
+    logits, cache = grid_cache(model, grid)
     with torch.no_grad():
-        embed_power = fourier.power_per_frequency(token_embedding(model))
-        logits, cache = model.run_with_cache(grid.a, grid.b)
-    hidden_power_a, hidden_power_b = operand_power(cache["hidden_pre"].reshape(p, p, -1))
+        embed_power = fourier.power_per_frequency(basis.table(token_embedding(model)))
+    hidden_power_a, hidden_power_b = operand_power(basis.grid(cache["hidden_pre"]))
     hidden_power = hidden_power_a + hidden_power_b
-    keys = fourier.key_frequencies(hidden_power)
-    fractions = fourier.neuron_frequency_fractions(cache["hidden_post"].reshape(p, p, -1))  # (d_hidden, p//2)
+    fractions = fourier.neuron_frequency_fractions(basis.grid(cache["hidden_post"]))  # (d_hidden, n//2)
     best_fraction, best = fractions.max(dim=1)
-    neuron_freq = best + 1
-    assigned = [int(k) if int(k) in keys and f >= 0.5 else None for k, f in zip(neuron_freq, best_fraction)]
-    explained, alphas = fourier.logit_fit(logits, keys, op)
+    neuron_freq = (best + 1).tolist()
+    candidates = fourier.key_frequencies(hidden_power)
+    keys, evidence = select_key_frequencies(candidates, neuron_freq, best_fraction.tolist(),
+                                            frequency_ablation(model, grid, candidates)[:-1], grid.loss_acc(logits)[0])
+    assigned = [k if k in keys and f >= NEURON_FRACTION else None for k, f in zip(neuron_freq, best_fraction)]
+    in_basis = logits[basis.grid_rows(grid.p)]  # (n*n, p) rows of the position pairs
+    explained, alphas = fourier.logit_fit(in_basis[:, basis.tokens], keys, basis.op)
     return {
-        "frequencies": fourier.frequencies(p), "embed_power": embed_power, "hidden_power_a": hidden_power_a,
-        "hidden_power_b": hidden_power_b, "key_frequencies": keys,
+        "basis": basis, "frequencies": fourier.frequencies(basis.n), "embed_power": embed_power,
+        "hidden_power_a": hidden_power_a, "hidden_power_b": hidden_power_b,
+        "key_frequency_candidates": candidates, "key_frequency_evidence": evidence, "key_frequencies": keys,
         "key_frequency_power_fraction": fourier.power_fraction(hidden_power, keys),
         "embed_key_power_fraction": fourier.power_fraction(embed_power, keys),
-        "neuron_fractions": fractions, "neuron_frequency": neuron_freq.tolist(),
+        "neuron_fractions": fractions, "neuron_frequency": neuron_freq,
         "neuron_frequency_fraction": best_fraction.tolist(), "neuron_cluster": assigned,
         "logit_variance_explained": explained, "logit_alphas": alphas,
         **key_frequency_losses(logits, grid, keys),
@@ -204,23 +248,37 @@ def fourier_analysis(model, grid) -> dict:
 
 def key_frequency_losses(logits, grid, keys: list[int]) -> dict:
     """Nanda et al.'s restricted loss (key directions only, all pairs) and excluded loss (key
-    directions removed, training pairs), with the matching accuracies."""
-    restricted_loss, restricted_acc = grid.loss_acc(fourier.restricted_logits(logits, keys, grid.op), "all")
-    excluded_loss, excluded_acc = grid.loss_acc(fourier.excluded_logits(logits, keys, grid.op), "train")
+    directions removed, training pairs), with the matching accuracies. Over the pairs the basis
+    covers (for mul and div: no operand 0, whose products the logarithms cannot express)."""
+    rows, op = grid.basis.grid_rows(grid.p), grid.basis.op
+
+    def in_basis(part):  # the logits with the basis pairs' rows replaced by part(their rows)
+        out = logits.double().clone()
+        out[rows] = part(logits[rows], keys, op)
+        return out
+
+    restricted_loss, restricted_acc = grid.loss_acc(in_basis(fourier.restricted_logits), "all", in_basis=True)
+    excluded_loss, excluded_acc = grid.loss_acc(in_basis(fourier.excluded_logits), "train", in_basis=True)
     return {"restricted_loss": restricted_loss, "restricted_acc": restricted_acc,
             "excluded_loss": excluded_loss, "excluded_acc": excluded_acc}
 
 
+def without_frequencies(model, basis, freqs: list[int]) -> torch.Tensor:
+    """The model's W_E with frequencies (of the basis) projected out of the number tokens' rows."""
+    W_E = model.W_E.detach().clone()
+    W_E[basis.tokens] = fourier.remove_frequencies(basis.table(token_embedding(model)).detach(), freqs)
+    return W_E
+
+
 def frequency_ablation(model, grid, keys: list[int]) -> list[dict]:
     """Accuracy and loss on all pairs after projecting frequencies out of the number tokens'
-    embeddings (W_E): each key frequency alone, then every non-key frequency at once."""
+    embeddings (W_E, in the grid's basis): each key frequency alone, then every non-key frequency at once."""
     cases = [(f"remove {k}", [k]) for k in keys]
-    cases.append(("remove all non-key", [k for k in fourier.frequencies(grid.p) if k not in keys]))
+    cases.append(("remove all non-key", [k for k in fourier.frequencies(grid.basis.n) if k not in keys]))
     out = []
     with torch.no_grad():
         for name, freqs in cases:
-            W_E = model.W_E.clone()
-            W_E[:grid.p] = fourier.remove_frequencies(token_embedding(model), freqs)
+            W_E = without_frequencies(model, grid.basis, freqs)
             logits = torch.func.functional_call(model, {"W_E": W_E}, (grid.a, grid.b))
             loss, acc = grid.loss_acc(logits)
             out.append({"ablation": name, "frequencies": freqs, "loss": loss, "acc": acc})
@@ -243,7 +301,10 @@ def analyze(model, grid, draws: int = 5, progress: bool = False) -> dict:
 
 
 def structure(f: dict) -> str:
-    """'clear', 'weak' or 'none'; 'not applicable' where p has too few frequencies for the rule."""
+    """'clear', 'weak' or 'none'; 'not applicable' where the basis has too few frequencies for the
+    rule, 'no known basis' where the op has none."""
+    if f.get("no_basis"):
+        return "no known basis"
     if len(f["frequencies"]) < fourier.MIN_FREQUENCIES:
         return "not applicable"
     if not f["key_frequencies"]:
@@ -257,13 +318,7 @@ def summarize(result: dict, checkpoint: str, config: dict, run_id: str | None = 
     top = r["causal_order"][:20].tolist()
     summary = {
         "checkpoint": checkpoint, "run_id": run_id, "config": config, **provenance(),
-        "losses": result["losses"],
-        "key_frequencies": f["key_frequencies"],
-        "key_frequency_power_fraction": f["key_frequency_power_fraction"],
-        "key_frequency_rule": f"hidden-input power >= {fourier.KEY_RATIO:g} x the median frequency's power "
-                              f"(and >= 1e-6 of the total; needs >= {fourier.MIN_FREQUENCIES} frequencies)",
-        "structure": structure(f),
-        "embed_key_power_fraction": f["embed_key_power_fraction"],
+        "losses": result["losses"], **fourier_summary(f), "structure": structure(f),
         "neuron_importance": {
             "top20_causal": top,
             "top20_loss_increase": r["mean_ablation_loss_increase"][top].tolist(),
@@ -277,22 +332,44 @@ def summarize(result: dict, checkpoint: str, config: dict, run_id: str | None = 
                                                 "zero": float(r["zero_ablation_acc"].min())},
                       **result["ablation_curves"]},
         "circuit_size": result["circuit_size"],
-        "neurons_per_key_frequency": {k: f["neuron_cluster"].count(k) for k in f["key_frequencies"]},
-        "neurons_unassigned": f["neuron_cluster"].count(None),
-        "restricted_loss": f["restricted_loss"], "restricted_acc": f["restricted_acc"],
-        "excluded_loss": f["excluded_loss"], "excluded_acc": f["excluded_acc"],
         "train_loss": result["losses"]["train"]["loss"], "test_loss": result["losses"]["test"]["loss"],
-        "logit_variance_explained": f["logit_variance_explained"],
-        "logit_alphas": f["logit_alphas"],
-        "frequency_ablation": f["frequency_ablation"],
     }
     if "transformer" in result:
         t = result["transformer"]
         summary["attention"] = [{"head": h, "mean_to_a": float(w[0].mean()), "mean_to_b": float(w[1].mean()),
                                  "mean_to_eq": float((1 - w[0] - w[1]).mean()), **ablation}
                                 for h, (w, ablation) in enumerate(zip(t["attention"], t["head_ablations"]))]
-        summary["residual_key_directions"] = t["residual_key_directions"]
+        if "residual_key_directions" in t:
+            summary["residual_key_directions"] = t["residual_key_directions"]
     return summary
+
+
+def fourier_summary(f: dict) -> dict:
+    """The Fourier part of the summary: which basis, the key frequencies and what rests on them."""
+    if f["basis"] is None:
+        return {"basis": None, "no_basis": f["no_basis"], "key_frequencies": []}
+    basis = f["basis"]
+    return {
+        "basis": {"name": basis.name, "n": basis.n, "op": basis.op, "generator": basis.generator,
+                  "pairs": "all pairs" if basis.generator is None else
+                  "pairs without a 0 operand (0 has no logarithm); the model's loss on the others is in losses"},
+        "key_frequencies": f["key_frequencies"],
+        "key_frequency_power_fraction": f["key_frequency_power_fraction"],
+        "key_frequency_rule": f"a candidate holds >= {fourier.KEY_RATIO:g} x the median frequency's hidden-input power "
+                              f"(and >= 1e-6 of the total; needs >= {fourier.MIN_FREQUENCIES} frequencies); it is key "
+                              f"if >= 1 neuron has >= {NEURON_FRACTION:.0%} of its variance in it, or removing it from "
+                              f"the embedding multiplies the loss by >= {REMOVAL_LOSS_RATIO:g}",
+        "key_frequency_candidates": f["key_frequency_candidates"],
+        "key_frequency_evidence": f["key_frequency_evidence"],
+        "embed_key_power_fraction": f["embed_key_power_fraction"],
+        "neurons_per_key_frequency": {k: f["neuron_cluster"].count(k) for k in f["key_frequencies"]},
+        "neurons_unassigned": f["neuron_cluster"].count(None),
+        "restricted_loss": f["restricted_loss"], "restricted_acc": f["restricted_acc"],
+        "excluded_loss": f["excluded_loss"], "excluded_acc": f["excluded_acc"],
+        "logit_variance_explained": f["logit_variance_explained"],
+        "logit_alphas": f["logit_alphas"],
+        "frequency_ablation": f["frequency_ablation"],
+    }
 
 
 def neuron_table(result: dict) -> list[dict]:
@@ -301,40 +378,50 @@ def neuron_table(result: dict) -> list[dict]:
     causal_rank[r["causal_order"]] = torch.arange(len(causal_rank))
     act_rank = torch.empty_like(r["activation_order"])
     act_rank[r["activation_order"]] = torch.arange(len(act_rank))
+    no_basis = [None] * len(causal_rank)
     return [{"neuron": n, "causal_rank": int(causal_rank[n]), "activation_rank": int(act_rank[n]),
              "mean_ablation_loss_increase": float(r["mean_ablation_loss_increase"][n]),
              "zero_ablation_loss_increase": float(r["zero_ablation_loss_increase"][n]),
              "activation_variance": float(r["activation_variance"][n]),
-             "dominant_frequency": f["neuron_frequency"][n],
-             "dominant_frequency_fraction": f["neuron_frequency_fraction"][n],
-             "cluster": f["neuron_cluster"][n]} for n in r["causal_order"].tolist()]
+             "dominant_frequency": f.get("neuron_frequency", no_basis)[n],
+             "dominant_frequency_fraction": f.get("neuron_frequency_fraction", no_basis)[n],
+             "cluster": f.get("neuron_cluster", no_basis)[n]} for n in r["causal_order"].tolist()]
+
+
+def axis_names(basis) -> tuple[str, str]:
+    """How the plots name the two axes of a grid in this basis."""
+    if basis is not None and basis.generator is not None:
+        return f"i = log_{basis.generator} a", f"j = log_{basis.generator} b"
+    return "a", "b"
 
 
 def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Path]:
-    r, f = result["ranking"], result["fourier"]
-    with torch.no_grad():
-        hidden = model.run_with_cache(grid.a, grid.b)[1]["hidden_post"].reshape(grid.p, grid.p, -1)
+    r, f, basis = result["ranking"], result["fourier"], grid.basis
+    hidden = grid_cache(model, grid)[1]["hidden_post"]
+    hidden = hidden if basis is None else basis.grid(hidden)  # heatmaps over the basis's positions
+    axes = axis_names(basis)
     neurons = r["causal_order"][:top].tolist()
-    labels = [f"neuron {n} (rank {i + 1})\nfreq {f['neuron_frequency'][n]}, "
-              f"{f['neuron_frequency_fraction'][n]:.0%} of var" for i, n in enumerate(neurons)]
-    paths = [out / name for name in ("activation_heatmap.png", "neuron_ranking.png", "ablation_curves.png",
-                                     "fourier_spectrum.png", "neuron_clusters.png", "frequency_ablation.png",
-                                     "activation_overview.png")]
-    plots.plot_neuron_heatmaps(hidden[..., neurons].permute(2, 0, 1).numpy(), labels, paths[0])
-    many = r["causal_order"][:64].tolist()
-    reindexed = [reindex_by_frequency(hidden[..., n], f["neuron_frequency"][n]) for n in many]
-    plots.plot_neuron_overview(torch.stack(reindexed).numpy(),
-                               [f"#{i + 1}: n{n}, k={f['neuron_frequency'][n]}" for i, n in enumerate(many)], paths[6])
+    labels = [f"neuron {n} (rank {i + 1})" + ("" if basis is None else f"\nfreq {f['neuron_frequency'][n]}, "
+              f"{f['neuron_frequency_fraction'][n]:.0%} of var") for i, n in enumerate(neurons)]
+    paths = [out / name for name in ("activation_heatmap.png", "neuron_ranking.png", "ablation_curves.png")]
+    plots.plot_neuron_heatmaps(hidden[..., neurons].permute(2, 0, 1).numpy(), labels, paths[0], axes)
     plots.plot_neuron_ranking(r["activation_variance"].numpy(), r["mean_ablation_loss_increase"].numpy(),
                               r["zero_ablation_loss_increase"].numpy(), r["agreement"], paths[1])
     plots.plot_ablation_curves(result["ablation_curves"], result["circuit_keep_acc"], result["circuit_size"],
                                result["losses"]["all"]["acc"], paths[2])
-    hidden_power = f["hidden_power_a"] + f["hidden_power_b"]
-    plots.plot_fourier_spectrum(f["frequencies"], f["embed_power"].numpy(), hidden_power.numpy(), f["key_frequencies"],
-                                fourier.key_threshold(hidden_power), paths[3])
-    plots.plot_neuron_clusters(f["neuron_fractions"].numpy(), f["neuron_frequency"], f["neuron_cluster"],
-                               f["key_frequencies"], paths[4])
-    plots.plot_frequency_ablation(f["frequency_ablation"], result["losses"]["all"], paths[5])
+    if basis is not None:
+        paths += [out / name for name in ("fourier_spectrum.png", "neuron_clusters.png", "frequency_ablation.png",
+                                          "activation_overview.png")]
+        hidden_power = f["hidden_power_a"] + f["hidden_power_b"]
+        plots.plot_fourier_spectrum(f["frequencies"], f["embed_power"].numpy(), hidden_power.numpy(),
+                                    f["key_frequencies"], fourier.key_threshold(hidden_power), paths[3], basis.name)
+        plots.plot_neuron_clusters(f["neuron_fractions"].numpy(), f["neuron_frequency"], f["neuron_cluster"],
+                                   f["key_frequencies"], paths[4])
+        plots.plot_frequency_ablation(f["frequency_ablation"], result["losses"]["all"], paths[5])
+        many = r["causal_order"][:64].tolist()
+        reindexed = [reindex_by_frequency(hidden[..., n], f["neuron_frequency"][n]) for n in many]
+        plots.plot_neuron_overview(torch.stack(reindexed).numpy(), [f"#{i + 1}: n{n}, k={f['neuron_frequency'][n]}"
+                                                                    for i, n in enumerate(many)], paths[6], axes)
     if "transformer" in result:
         t = result["transformer"]
         paths.append(out / "attention_patterns.png")
@@ -343,9 +430,9 @@ def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Pat
 
 
 def reindex_by_frequency(act: torch.Tensor, k: int) -> torch.Tensor:
-    """act (p, p) over (a, b), with rows and columns reordered so that row j holds a = j / k mod p:
-    then cos(w_k a) = cos(2 pi j / p), and a frequency-k neuron shows as one smooth wave.
-    Left as it is when k has no inverse mod p."""
+    """act (n, n) over the positions (a, b) of Z_n, with rows and columns reordered so that row j holds
+    a = j / k mod n: then cos(w_k a) = cos(2 pi j / n), and a frequency-k neuron shows as one smooth
+    wave. Left as it is when k has no inverse mod n."""
     p = act.shape[0]
     try:
         inverse = pow(k, -1, p)
@@ -357,29 +444,42 @@ def reindex_by_frequency(act: torch.Tensor, k: int) -> torch.Tensor:
 
 def findings(summary: dict) -> list[str]:
     """A few plain sentences on what was found."""
-    keys, frac = summary["key_frequencies"], summary["key_frequency_power_fraction"]
     acc = summary["losses"]["test"]["acc"]
     lines = [f"Model: test accuracy {acc:.1%}, train accuracy {summary['losses']['train']['acc']:.1%}."]
-    p, op = summary["config"]["p"], summary["config"]["op"]
+    basis, keys, dropped = summary["basis"], summary["key_frequencies"], summary.get("key_frequency_candidates", [])
+    if basis is None:
+        lines.append(f"No Fourier analysis: {summary['no_basis']}.")
+    elif basis["generator"] is not None:
+        lines.append(f"Basis: discrete logarithms base g = {basis['generator']} (the smallest primitive root), "
+                     f"so a*b = g^(i+j) is addition over Z_{basis['n']}; frequencies k are over Z_{basis['n']}, "
+                     f"on the {basis['n']}^2 pairs without a 0 operand.")
     if summary["structure"] == "not applicable":
-        lines.append(f"p = {p} has only {p // 2} frequencies: the key-frequency rule (power >= "
+        lines.append(f"Z_{basis['n']} has only {basis['n'] // 2} frequencies: the key-frequency rule (power >= "
                      f"{fourier.KEY_RATIO:g}x the median) needs at least {fourier.MIN_FREQUENCIES}, so it is not applied.")
     elif summary["structure"] == "none":
-        lines.append("No clear frequency structure found: no frequency stands out of the spectrum "
+        lines.append("No clear frequency structure found: no frequency stands out of the spectrum and matters "
                      "(expected for an untrained or memorizing-only model).")
-    else:
-        lines.append(f"Key frequencies {keys} hold {frac:.0%} of the neurons' input power "
-                     f"({summary['structure']} structure); "
+    elif basis is not None:
+        sign = "-" if basis["op"] == "sub" else "+"
+        i, j = ("i", "j") if basis["generator"] is not None else ("a", "b")
+        lines.append(f"Key frequencies {keys} hold {summary['key_frequency_power_fraction']:.0%} of the neurons' "
+                     f"input power ({summary['structure']} structure); "
                      f"{sum(summary['neurons_per_key_frequency'].values())} neurons are tied to one of them.")
-        lines.append(f"A sum of cos(w_k(a{'-' if op == 'sub' else '+'}b-c)) over them explains {summary['logit_variance_explained']:.0%} "
-                     f"of the logits' variance. Restricted loss (key directions only, all pairs) "
+        lines.append(f"A sum of cos(w_k({i}{sign}{j}-c)) over them explains {summary['logit_variance_explained']:.0%} "
+                     f"of the logits' variance. Restricted loss (key directions only, "
+                     f"{'all pairs' if basis['generator'] is None else 'pairs without 0'}) "
                      f"{summary['restricted_loss']:.3g} vs {summary['losses']['all']['loss']:.3g} unrestricted; "
                      f"excluded loss (key directions removed, train set) {summary['excluded_loss']:.3g} "
                      f"vs train loss {summary['train_loss']:.3g}.")
+    dropped = [k for k in dropped if k not in keys]
+    if dropped:
+        lines.append(f"Not key despite standing out of the spectrum (no neuron cluster, and removing each raises "
+                     f"the loss < {REMOVAL_LOSS_RATIO:g}x): {dropped}.")
     if "attention" in summary:
         heads = "; ".join(f"head {h['head']}: {h['mean_to_a']:.0%} to a, {h['mean_to_b']:.0%} to b, "
                           f"mean-ablated acc {h['acc']:.1%}" for h in summary["attention"])
         lines.append(f"Attention from '=' (averaged over all pairs): {heads}.")
+    if "residual_key_directions" in summary:
         r = summary["residual_key_directions"]
         lines.append(f"Residual stream at '=': the key-frequency terms hold {r['key_variance_share']:.0%} of its "
                      f"variance; keeping only them gives accuracy {r['keep_key_acc']:.1%} (loss "

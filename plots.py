@@ -49,8 +49,9 @@ def plot_training_curves(history: dict, memorization_epoch, grokking_epoch, path
     _save(fig, path)
 
 
-def plot_neuron_heatmaps(acts, labels, path, cols: int = 4) -> None:
-    """acts: (n, p, p) activations of n neurons over (a, b); one heatmap each with its own colour bar."""
+def plot_neuron_heatmaps(acts, labels, path, axes_names=("a", "b"), cols: int = 4) -> None:
+    """acts: (n, p, p) activations of n neurons over (a, b) (rows a); one heatmap each, one colour scale.
+    axes_names: what the rows and columns index (for mul/div, the discrete logarithms of a and b)."""
     n = len(acts)
     rows = max(1, -(-n // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False, layout="constrained")
@@ -58,19 +59,19 @@ def plot_neuron_heatmaps(acts, labels, path, cols: int = 4) -> None:
     for ax, act, label in zip(axes.flat, acts, labels):
         im = ax.imshow(act, origin="lower", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(label, fontsize=8)
-        ax.set_xlabel("b", fontsize=8)
-        ax.set_ylabel("a", fontsize=8)
+        ax.set_xlabel(axes_names[1], fontsize=8)
+        ax.set_ylabel(axes_names[0], fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.6, label="activation (hidden_post)")
-    fig.suptitle("Activations of the most important neurons (causal rank) over all inputs (a, b)\n"
+    fig.suptitle(f"Activations of the most important neurons (causal rank) over all inputs ({', '.join(axes_names)})\n"
                  "fine periodic grids: each neuron follows one frequency k (activation_overview.png re-orders "
                  "the inputs so that it shows as one smooth wave)", fontsize=10)
     _save(fig, path)
 
 
-def plot_neuron_overview(acts, labels, path, cols: int = 8) -> None:
+def plot_neuron_overview(acts, labels, path, axes_names=("a", "b"), cols: int = 8) -> None:
     """Many neurons at a glance, each re-indexed by its own frequency; colours scaled per neuron."""
     rows = max(1, -(-len(acts) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows + 1), squeeze=False, layout="constrained")
@@ -81,8 +82,8 @@ def plot_neuron_overview(acts, labels, path, cols: int = 8) -> None:
         ax.set_yticks([])
     for ax in axes.flat[len(acts):]:
         ax.axis("off")
-    fig.supxlabel("b' = k·b mod p  (each panel re-indexed by its neuron's frequency k)", fontsize=9)
-    fig.supylabel("a' = k·a mod p", fontsize=9)
+    fig.supxlabel(f"k·({axes_names[1]}) mod n  (each panel re-indexed by its neuron's frequency k)", fontsize=9)
+    fig.supylabel(f"k·({axes_names[0]}) mod n", fontsize=9)
     fig.suptitle("Top neurons by causal rank, inputs re-ordered so a frequency-k wave looks like frequency 1\n"
                  "(colour: activation, yellow high, purple low, scaled per panel)", fontsize=10)
     _save(fig, path)
@@ -133,7 +134,7 @@ def plot_ablation_curves(curves, keep_acc, circuit_size, base_acc, path) -> None
     _save(fig, path)
 
 
-def plot_fourier_spectrum(freqs, embed_power, hidden_power, keys, threshold, path) -> None:
+def plot_fourier_spectrum(freqs, embed_power, hidden_power, keys, threshold, path, basis_name: str = "Z_p") -> None:
     """Power per frequency of the embedding and of the neurons' input (both operands summed: what the
     key-frequency rule reads), with the rule's threshold (absolute power, same units as hidden_power)."""
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
@@ -144,7 +145,7 @@ def plot_fourier_spectrum(freqs, embed_power, hidden_power, keys, threshold, pat
         lowest = float(share[share > 0].min()) if (share > 0).any() else 1.0
         ax.bar(freqs, share, width=0.8, label=name)
         # log scale: the key frequencies stand orders of magnitude above the rest
-        ax.set(xlabel="frequency k (w_k = 2πk/p)", ylabel="share of power, log scale (constant excluded)",
+        ax.set(xlabel=f"frequency k over {basis_name} (w_k = 2πk/n)", ylabel="share of power, log scale (constant excluded)",
                title=title, yscale="log", ylim=(max(lowest / 2, 1e-12), 1.5))
         for k in keys:
             ax.axvspan(k - 0.5, k + 0.5, color="tab:red", alpha=0.12)
@@ -198,6 +199,7 @@ PHASE_COLORS = {"memorization": "tab:blue", "circuit formation": "gold", "clean-
 def plot_progress_measures(series, phases, grokking_epoch, keys, path) -> None:
     """Four panels on one epoch axis, with the three phases shaded."""
     epochs = series["epoch"]
+    series = {k: [float("nan") if v is None else v for v in vs] for k, vs in series.items()}  # None: not measured
     fig, axes = plt.subplots(2, 2, figsize=(14, 8.5), sharex=True)
     ax = axes[0, 0]
     ax.plot(epochs, series["train_loss"], color=TRAIN_COLOR, label="train loss")

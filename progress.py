@@ -41,11 +41,13 @@ def snapshot_measures(model, grid: Grid, keys: list[int]) -> dict:
         logits = model(grid.a, grid.b)
         train_loss, train_acc = grid.loss_acc(logits, "train")
         test_loss, test_acc = grid.loss_acc(logits, "test")
-        key_losses = key_frequency_losses(logits, grid, keys)
+        key_losses = (key_frequency_losses(logits, grid, keys) if grid.basis is not None  # no basis: not measured
+                      else {"restricted_loss": None, "excluded_loss": None})
         return {
             "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
             "restricted_loss": key_losses["restricted_loss"], "excluded_loss": key_losses["excluded_loss"],
-            "fourier_gini": fourier.gini(fourier.power_per_frequency(token_embedding(model))),
+            "fourier_gini": fourier.gini(fourier.power_per_frequency(grid.basis.table(token_embedding(model))))
+                            if grid.basis is not None else None,
             "weight_norm": sum_squared_weights(model),
         }
 
@@ -56,7 +58,7 @@ def phase_boundaries(history: dict, series: dict) -> dict:
     memorized, grokked = first_epoch_at(history, "train_acc"), first_epoch_at(history, "test_acc")
     phases = {"memorization_end": memorized, "generalized": grokked is not None,
               "cleanup_start": None, "cleanup_end": None}
-    if memorized is None or grokked is None:
+    if memorized is None or grokked is None or None in series["restricted_loss"]:
         return phases
     epochs, restricted, norm = series["epoch"], series["restricted_loss"], series["weight_norm"]
     peak = None  # the highest restricted loss since memorization, up to the current snapshot
@@ -83,7 +85,7 @@ def onsets(series: dict, memorized: int | None) -> dict:
     for name, direction in ONSETS.items():
         extreme = None
         for epoch, value in zip(series["epoch"], series[name]):
-            if epoch < memorized:
+            if epoch < memorized or value is None:
                 continue
             if extreme is not None and (value >= ONSET_FACTOR * extreme if direction == "up"
                                         else value <= extreme / ONSET_FACTOR):
@@ -119,7 +121,7 @@ def run(checkpoint_dir="checkpoints", results_dir="results", progress=True) -> d
     final_path = Path(checkpoint_dir) / "model_final.pth"
     model, ckpt = load_model(final_path)
     cfg = ckpt["config"]
-    keys = model_key_frequencies(model)
+    keys = model_key_frequencies(model, Grid(cfg["p"], cfg["op"], ckpt["train_idx"], ckpt["test_idx"]))
     paths = sorted((Path(checkpoint_dir) / "snapshots").glob("epoch_*.pth"))
     if not paths:
         raise CheckpointError(f"no snapshots in {Path(checkpoint_dir) / 'snapshots'}: run `python train.py` first")

@@ -57,7 +57,7 @@ def load_run(checkpoint_dir="checkpoints", results_dir="results") -> dict:
         run["notes"]["model"] = str(err)
     run["snapshots"] = sorted((ckpt_dir / "snapshots").glob("epoch_*.pth"))
     run["keys"] = ((run["analysis_summary"] or {}).get("key_frequencies")
-                   or (interpretability.model_key_frequencies(run["model"]) if run["model"] is not None else []))
+                   or (interpretability.model_key_frequencies(run["model"], run["grid"]) if run["model"] is not None else []))
     return run
 
 
@@ -80,7 +80,7 @@ def snapshot_series(paths, grid, keys: list[int]) -> list[dict]:
     with torch.no_grad():
         for path in paths:
             model, ckpt = load_model(path)
-            power = fourier.power_per_frequency(interpretability.token_embedding(model))
+            power = fourier.power_per_frequency(grid.basis.table(interpretability.token_embedding(model)))
             logits = model(grid.a, grid.b)
             out.append({"epoch": ckpt["epoch"], "share": (power / power.sum()).numpy(),
                         "key_share": fourier.power_fraction(power, keys),
@@ -91,7 +91,8 @@ def snapshot_series(paths, grid, keys: list[int]) -> list[dict]:
 def neuron_activations(model, grid, neurons: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each row of neuron_ranking.json: its activation over (a, b), raw and re-ordered by its frequency."""
     with torch.no_grad():
-        hidden = model.run_with_cache(grid.a, grid.b)[1]["hidden_post"].reshape(grid.p, grid.p, -1)
+        hidden = interpretability.grid_cache(model, grid)[1]["hidden_post"]
+    hidden = hidden if grid.basis is None else grid.basis.grid(hidden)  # over the basis's positions (mul: logs)
     return [(hidden[..., n["neuron"]].numpy(),
              interpretability.reindex_by_frequency(hidden[..., n["neuron"]], n["dominant_frequency"]).numpy())
             for n in neurons]
@@ -299,7 +300,8 @@ def sections(run: dict, top: int = 32) -> list[tuple[str, str, object]]:
     out = [("Training curves", "Hover for values; shaded: the phases of progress_measures.json."
             + ("" if prog else " " + missing("progress", "phases")),
             training_figure(ckpt["history"], phases) if ckpt else no_model)]
-    fig = no_model if grid is None else missing("train", "snapshots") if not run["snapshots"] else None
+    fig = (no_model if grid is None else missing("train", "snapshots") if not run["snapshots"] else
+           f"No Fourier analysis: {grid.no_basis}." if grid.basis is None else None)
     if fig is None:
         try:
             fig = epoch_slider_figure(snapshot_series(run["snapshots"], grid, run["keys"]), run["keys"], phases)
@@ -315,19 +317,24 @@ def sections(run: dict, top: int = 32) -> list[tuple[str, str, object]]:
     out.append(("Neuron explorer", f"Pick one of the top {top} neurons by causal rank (dropdown, top left). Left: its "
                 "activation over all pairs, a fine periodic grid; right: the same values re-ordered by its "
                 "frequency k, where it shows as one smooth wave.", fig))
-    if model is not None:
+    fig = no_model
+    if model is not None and grid.basis is None:
+        fig = f"No Fourier analysis: {grid.no_basis}."
+    elif model is not None:
         with torch.no_grad():
-            embed = fourier.power_per_frequency(interpretability.token_embedding(model)).numpy()
-            power_a, power_b = interpretability.hidden_input_power(model)
+            embed = fourier.power_per_frequency(grid.basis.table(interpretability.token_embedding(model))).numpy()
+            power_a, power_b = interpretability.hidden_input_power(model, grid)
         hidden = (power_a + power_b).numpy()
         fig = spectrum_figure(embed, hidden, run["keys"], fourier.key_threshold(torch.from_numpy(hidden)))
-    out.append(("Fourier spectrum", "The final model's power per frequency.", fig if model is not None else no_model))
+    out.append(("Fourier spectrum", f"The final model's power per frequency over "
+                f"{grid.basis.name if grid is not None and grid.basis is not None else 'Z_p'}.", fig))
     out.append(("Ablation curves", "Mean-ablating neurons by causal rank vs at random.",
                 ablation_figure(analysis["ablations"], analysis["circuit_size"], analysis["losses"]["all"]["acc"])
                 if analysis else missing("analysis", "analysis_summary.json")))
     out.append(("Frequency ablation", "Each key frequency removed from the embedding, then all the others.",
                 frequency_ablation_figure(analysis["frequency_ablation"], analysis["losses"]["all"])
-                if analysis else missing("analysis", "analysis_summary.json")))
+                if analysis and "frequency_ablation" in analysis else
+                f"No Fourier analysis: {analysis['no_basis']}." if analysis else missing("analysis", "analysis_summary.json")))
     if ckpt and ckpt["config"]["model"].get("arch") == "transformer":
         fig = (attention_figure(transformer_analysis.attention_patterns(model, grid).numpy(), analysis["attention"])
                if analysis and "attention" in analysis else missing("analysis", "analysis_summary.json"))

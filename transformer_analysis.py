@@ -41,33 +41,35 @@ def head_ablations(model, grid) -> list[dict]:
 
 def residual_key_directions(model, grid, keys: list[int]) -> dict:
     """How the output depends on the key-frequency part of the residual stream at "=" (resid_mid,
-    what the MLP and the unembed read). Over all (a, b), resid_mid = mean + key part + rest, where
-    the key part holds the cos/sin(w_k a), cos/sin(w_k b) terms and their products for k in keys
-    (fourier.grid_key_part). Reports the key part's share of resid_mid's variance, and loss and
-    accuracy on all pairs when resid_mid is replaced by mean + key part (kept) or mean + rest
-    (removed)."""
-    p = grid.p
+    what the MLP and the unembed read). Over the basis's position pairs (all (a, b) for add and sub),
+    resid_mid = mean + key part + rest, where the key part holds the cos/sin(w_k a), cos/sin(w_k b)
+    terms and their products for k in keys (fourier.grid_key_part). Reports the key part's share of
+    resid_mid's variance, and loss and accuracy on those pairs when resid_mid is replaced by mean + key
+    part (kept) or mean + rest (removed)."""
+    basis, rows = grid.basis, grid.basis.grid_rows(grid.p)
     with torch.no_grad():
         resid = model.run_with_cache(grid.a, grid.b)[1]["hook_resid_mid"]  # (p*p, 3, d_model)
-        at_eq = resid[:, 2].double().reshape(p, p, -1)
+        at_eq = resid[rows, 2].double().reshape(basis.n, basis.n, -1)
         mean = at_eq.mean(dim=(0, 1))
         key = fourier.grid_key_part(at_eq, keys)
         rest = at_eq - mean - key
         total = float((rest + key).pow(2).sum())
         out = {"key_variance_share": float(key.pow(2).sum()) / total if total > 0 else 0.0}
         for name, part in (("keep_key", key), ("remove_key", rest)):
-            value = (mean + part).reshape(p * p, -1).to(resid.dtype)
+            value = (mean + part).reshape(len(rows), -1).to(resid.dtype)
 
             def replace(x, value=value):
                 x = x.clone()
-                x[:, 2] = value
+                x[rows, 2] = value
                 return x
 
-            loss, acc = grid.loss_acc(model.run_with_hooks(grid.a, grid.b, {"hook_resid_mid": replace}))
-            out[f"{name}_loss"], out[f"{name}_acc"] = loss, acc
+            logits = model.run_with_hooks(grid.a, grid.b, {"hook_resid_mid": replace})
+            out[f"{name}_loss"], out[f"{name}_acc"] = grid.loss_acc(logits, in_basis=True)
     return out
 
 
 def analyze(model, grid, keys: list[int]) -> dict:
-    return {"attention": attention_patterns(model, grid), "head_ablations": head_ablations(model, grid),
-            "residual_key_directions": residual_key_directions(model, grid, keys)}
+    out = {"attention": attention_patterns(model, grid), "head_ablations": head_ablations(model, grid)}
+    if grid.basis is not None:
+        out["residual_key_directions"] = residual_key_directions(model, grid, keys)
+    return out

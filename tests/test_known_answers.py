@@ -421,6 +421,8 @@ def test_progress_replay_of_hand_built_snapshots(tmp_path, capsys):
 def test_findings_word_for_word():
     summary = {"losses": {"test": {"acc": 0.5}, "train": {"acc": 1.0}, "all": {"loss": 2e-6}},
                "config": {"p": 59, "op": "sub"}, "structure": "weak", "key_frequencies": [4, 11],
+               "basis": {"name": "Z_59", "n": 59, "op": "sub", "generator": None},
+               "key_frequency_candidates": [4, 7, 11],
                "key_frequency_power_fraction": 0.42, "neurons_per_key_frequency": {4: 8, 11: 3},
                "logit_variance_explained": 0.9, "restricted_loss": 1e-5, "excluded_loss": 4.0,
                "train_loss": 3e-6, "circuit_size": None}
@@ -431,16 +433,30 @@ def test_findings_word_for_word():
         "A sum of cos(w_k(a-b-c)) over them explains 90% of the logits' variance. Restricted loss (key directions "
         "only, all pairs) 1e-05 vs 2e-06 unrestricted; excluded loss (key directions removed, train set) 4 vs train "
         "loss 3e-06.",
+        "Not key despite standing out of the spectrum (no neuron cluster, and removing each raises the loss < 2x): "
+        "[7].",
         "No set of neurons retains 99% accuracy (the model itself does not reach it)."]
-    summary |= {"structure": "none", "circuit_size": 7}
+    mul = summary | {"config": {"p": 7, "op": "mul"}, "key_frequency_candidates": [4, 11],
+                     "basis": {"name": "discrete log base 3 (Z_6)", "n": 6, "op": "add", "generator": 3}}
+    assert interpretability.findings(mul)[1:4] == [
+        "Basis: discrete logarithms base g = 3 (the smallest primitive root), so a*b = g^(i+j) is addition over "
+        "Z_6; frequencies k are over Z_6, on the 6^2 pairs without a 0 operand.",
+        "Key frequencies [4, 11] hold 42% of the neurons' input power (weak structure); 11 neurons are tied to one "
+        "of them.",
+        "A sum of cos(w_k(i+j-c)) over them explains 90% of the logits' variance. Restricted loss (key directions "
+        "only, pairs without 0) 1e-05 vs 2e-06 unrestricted; excluded loss (key directions removed, train set) 4 "
+        "vs train loss 3e-06."]
+    summary |= {"structure": "none", "circuit_size": 7, "key_frequencies": [], "key_frequency_candidates": []}
     assert interpretability.findings(summary)[1:] == [
-        "No clear frequency structure found: no frequency stands out of the spectrum (expected for an untrained "
-        "or memorizing-only model).",
+        "No clear frequency structure found: no frequency stands out of the spectrum and matters (expected for an "
+        "untrained or memorizing-only model).",
         "Circuit size: 7 neurons kept (the rest mean-ablated) retain >= 99% accuracy."]
-    summary |= {"structure": "not applicable", "config": {"p": 5, "op": "add"}}
+    summary |= {"structure": "not applicable", "basis": {"name": "Z_5", "n": 5, "op": "add", "generator": None}}
     assert interpretability.findings(summary)[1] == (
-        "p = 5 has only 2 frequencies: the key-frequency rule (power >= 10x the median) needs at least 3, so it "
+        "Z_5 has only 2 frequencies: the key-frequency rule (power >= 10x the median) needs at least 3, so it "
         "is not applied.")
+    summary |= {"structure": "no known basis", "basis": None, "no_basis": "op mul mod 12: 12 is not an odd prime"}
+    assert interpretability.findings(summary)[1] == "No Fourier analysis: op mul mod 12: 12 is not an odd prime."
 
 
 def test_reindex_by_frequency_by_hand():
@@ -597,7 +613,7 @@ def test_operand_power_is_each_operands_token_table_spectrum():
     model = ToyMLP(P, 16, 32)
     with torch.no_grad():
         table_a, table_b = model.token_tables()
-        power_a, power_b = interpretability.hidden_input_power(model)
+        power_a, power_b = interpretability.hidden_input_power(model, grid_for())
     torch.testing.assert_close(power_a, fourier.power_per_frequency(table_a), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(power_b, fourier.power_per_frequency(table_b), rtol=1e-4, atol=1e-6)
     assert not torch.allclose(power_a, power_b, rtol=1e-2)
