@@ -140,3 +140,31 @@ def fourier_transformer(p: int, keys: list[int], scale: float = 5.0) -> tuple[Tr
     W = {k: v.detach() for k, v in core.named_parameters()}
     model, _ = handbuilt_transformer(W["W_E"], W["W_in"], W["b_in"], W["W_U"], W["b_U"], "quadratic")
     return model, neuron_freq
+
+
+def discrete_log_model(p: int, keys: list[int], g: int, scale: float = 5.0, op: str = "mul") -> tuple[ToyMLP, list]:
+    """handbuilt_model's Fourier circuit on discrete logarithms: token x = g^i != 0 embeds as
+    cos/sin(w_k i) with w_k = 2 pi k / (p - 1), so the circuit computes g^(i + j) = a * b (op "mul")
+    or g^(i - j) = a / b (op "div"), reading out class c = g^l with cos(w_k l + 2 phi). Token 0 embeds
+    as a last, separate direction that one extra neuron (the last) detects: (1 if an operand is 0)^2,
+    read out as a large logit for class 0. Returns the model and each neuron's frequency (None for
+    the zero detector)."""
+    n = p - 1
+    core, neuron_freq = handbuilt_model(n, keys, scale, op="sub" if op == "div" else "add")
+    d = core.d_embed
+    model = ToyMLP(p, d + 1, core.d_hidden + 1, activation="quadratic")
+    log = {pow(g, i, p): i for i in range(n)}
+    nonzero = torch.tensor(sorted(log))
+    positions = torch.tensor([log[x] for x in nonzero.tolist()])
+    zero = core.d_hidden  # the zero detector
+    with torch.no_grad():
+        for w in model.parameters():
+            w.zero_()
+        model.W_E[nonzero, :d] = core.W_E[positions]
+        model.W_E[0, d] = 1.0
+        model.W_in[:d, :zero] = core.W_in[:d]  # a part
+        model.W_in[d + 1:2 * d + 1, :zero] = core.W_in[d:]  # b part
+        model.W_in[d, zero] = model.W_in[2 * d + 1, zero] = 1.0
+        model.W_U[:zero, nonzero] = core.W_U[:, positions]
+        model.W_U[zero, 0] = 10 * scale * len(keys)  # above any circuit logit (at most 4 scale len(keys))
+    return model.eval(), neuron_freq + [None]
