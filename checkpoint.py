@@ -6,9 +6,11 @@ Every file is a dict of tensors and plain data, loadable with torch.load(weights
     config      train.py's whole config (plain types); config["model"] rebuilds the model
     model       the model's state_dict
     epoch       epochs completed when the file was written
-    history     per-evaluation lists: epoch, train/test loss and accuracy, weight norm
+    history     per-evaluation lists: epoch, train/test loss and accuracy, weight norm; with label noise
+                also clean_train_acc, noisy_true_acc and noisy_fit_acc (train.evaluate)
     train_idx, test_idx   the split, as indices into dataset.make_table(p, op)
-    resumable files only: optimizer (state_dict), rng (torch and batch-order generator states)
+    resumable files only: optimizer (state_dict), rng (torch, batch-order and embedding-noise generator
+                states; files from before --embed-noise lack the last)
 """
 from pathlib import Path
 

@@ -62,9 +62,26 @@ def split_indices(n: int, train_frac: float, data_seed: int) -> tuple[torch.Tens
     return perm[:n_train].sort().values, perm[n_train:].sort().values
 
 
+def corrupt_labels(y_train: torch.Tensor, p: int, frac: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label noise: round(frac * n) of the n training labels, chosen by a generator seeded with
+    `seed`, each replaced by a wrong label drawn uniformly from the other p - 1 classes (y + a shift
+    in 1..p-1, mod p: never the true label). Returns (noisy labels, corrupted mask), both (n,).
+    Its own generator, so the same seed gives the same noise whatever the torch global RNG holds."""
+    if not 0 <= frac < 1:
+        raise ValueError(f"label noise must lie in [0, 1), got {frac}")
+    gen = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(y_train), generator=gen)[:round(frac * len(y_train))]
+    noisy = y_train.clone()
+    noisy[chosen] = (y_train[chosen] + torch.randint(1, p, (len(chosen),), generator=gen)) % p
+    return noisy, noisy != y_train
+
+
 @dataclass
 class ModularData:
-    """The whole table plus one split. Index a, b, y with train_idx or test_idx."""
+    """The whole table plus one split. Index a, b, y with train_idx or test_idx.
+
+    y holds the true labels; y_fit the labels trained on: y, except on the training pairs that
+    label noise corrupted (corrupted_train). Test labels are always clean."""
 
     p: int
     op: str
@@ -73,32 +90,51 @@ class ModularData:
     y: torch.Tensor  # (n,) label op(a, b) mod p
     train_idx: torch.Tensor  # (n_train,) sorted indices into a, b, y
     test_idx: torch.Tensor  # (n_test,)
+    y_fit: torch.Tensor | None = None  # (n,) the labels trained on; None: y (no label noise)
 
-    def subset(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(a, b, y) of 'train', 'test' or 'all', ready for a full-batch forward pass."""
+    def __post_init__(self):
+        if self.y_fit is None:
+            self.y_fit = self.y
+
+    @property
+    def corrupted_train(self) -> torch.Tensor:
+        """(n_train,) bool: which training pairs carry a corrupted label."""
+        return self.y_fit[self.train_idx] != self.y[self.train_idx]
+
+    def subset(self, split: str, true_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a, b, y) of 'train', 'test' or 'all', ready for a full-batch forward pass; y the labels
+        trained on, or the true labels with true_labels=True (they differ only under label noise)."""
+        y = self.y if true_labels else self.y_fit
         if split == "all":
-            return self.a, self.b, self.y
+            return self.a, self.b, y
         idx = {"train": self.train_idx, "test": self.test_idx}[split]
-        return self.a[idx], self.b[idx], self.y[idx]
+        return self.a[idx], self.b[idx], y[idx]
 
     def train_batches(self, batch_size: int, generator: torch.Generator):
         """Yield shuffled minibatches (a, b, y) of the training split; one pass = one epoch."""
         idx = self.train_idx[torch.randperm(len(self.train_idx), generator=generator)]
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
-            yield self.a[chunk], self.b[chunk], self.y[chunk]
+            yield self.a[chunk], self.b[chunk], self.y_fit[chunk]
 
     def to(self, device) -> "ModularData":
         moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in vars(self).items()}
         return ModularData(**moved)
 
 
-def make_data(p: int = 113, op: str = "add", train_frac: float = 0.3, data_seed: int = 598) -> ModularData:
-    """Build the table for op mod p and split it; raises ValueError on bad settings."""
+def make_data(p: int = 113, op: str = "add", train_frac: float = 0.3, data_seed: int = 598,
+              label_noise: float = 0.0) -> ModularData:
+    """Build the table for op mod p and split it, with a share label_noise of the training labels
+    corrupted (seeded by data_seed too, so every init seed sees the same noise); raises ValueError
+    on bad settings."""
     check_args(p, op, train_frac)
     a, b, y = make_table(p, op)
     train_idx, test_idx = split_indices(len(y), train_frac, data_seed)
-    return ModularData(p, op, a, b, y, train_idx, test_idx)
+    y_fit = None
+    if label_noise:
+        y_fit = y.clone()
+        y_fit[train_idx] = corrupt_labels(y[train_idx], p, label_noise, data_seed)[0]
+    return ModularData(p, op, a, b, y, train_idx, test_idx, y_fit)
 
 
 SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}

@@ -7,6 +7,7 @@
 
 Interface (shared with transformer.Transformer):
     model(a, b) -> logits
+    model(a, b, embed_noise) -> logits              training only: (batch, 2, d_embed) added to embed_a, embed_b
     model.run_with_cache(a, b) -> (logits, cache)   cache: the names in HOOK_NAMES
     model.run_with_hooks(a, b, hooks={name: fn})    fn(tensor) -> tensor replaces an activation
     ablate_neurons(...), patch(...)                  ready-made hook functions
@@ -67,11 +68,15 @@ class ToyMLP(nn.Module):
         d = self.d_embed
         return self.W_E @ self.W_in[:d], self.W_E @ self.W_in[d:]
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, b: torch.Tensor, embed_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits; embed_noise (batch, 2, d_embed), if given, is added to embed_a and embed_b
+        (training with --embed-noise), exactly as run_with_hooks with hooks adding it there."""
         table_a, table_b = self.token_tables()
         # b_in is added to the small (p, d_hidden) table rather than to the (batch, d_hidden) sum;
         # F.embedding is the gather whose backward is fast on CPU (plain indexing's is ~4x slower).
         hidden_pre = F.embedding(a, table_a + self.b_in) + F.embedding(b, table_b)  # (batch, d_hidden)
+        if embed_noise is not None:  # [W_E[a] + n_a, W_E[b] + n_b] @ W_in = the tables' rows + [n_a, n_b] @ W_in
+            hidden_pre = hidden_pre + embed_noise.flatten(1) @ self.W_in
         hidden_post = self.act(hidden_pre)
         return hidden_post @ self.W_U + self.b_U  # (batch, p)
 

@@ -3,6 +3,7 @@
     python train.py                       # defaults: p=113, add, 30% train, full batch, groks in ~10 s
     python train.py --p 97 --op sub       # any flag: python train.py --help
     python train.py --preset classic      # the common write-up recipe (minibatch 64, 80% train)
+    python train.py --label-noise 0.1     # noise robustness: 10% wrong training labels (or --embed-noise S)
     python train.py --resume checkpoints/latest.pth
 
 Writes checkpoints/{model_final,latest}.pth, checkpoints/snapshots/epoch_*.pth,
@@ -59,7 +60,12 @@ class Config:
     epochs: int = _f(10000, "maximum number of epochs", "optimisation")
     stop_after_grok: float = _f(3.0, "stop at this multiple of the grokking epoch, so the clean-up phase "
                                      "is seen; 0 = always run all --epochs", "optimisation")
-    seed: int = _f(0, "seed of the model's initialisation and batch order", "optimisation")
+    seed: int = _f(0, "seed of the model's initialisation, batch order and embedding noise", "optimisation")
+    # noise robustness: does the network still grok, and what becomes of the corrupted pairs?
+    label_noise: float = _f(0.0, "share of the training labels replaced by a random wrong label, in [0, 1); "
+                                 "seeded by --data-seed, the same for every --seed; test labels stay clean", "noise")
+    embed_noise: float = _f(0.0, "std of Gaussian noise added to the token embeddings of a and b in training "
+                                 "steps only (never in evaluation or analysis), >= 0", "noise")
     # bookkeeping
     device: str = _f("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "bookkeeping")
     eval_every: int = _f(5, "evaluate (and log one line) every N epochs", "bookkeeping")
@@ -75,6 +81,7 @@ ARCH_FLAGS = {"mlp": ("d_embed", "d_hidden", "activation"), "transformer": ("d_m
 ARCH_DEFAULTS = {"mlp": {}, "transformer": {"lr": 1e-2, "weight_decay": 0.5, "loss_dtype": "float64",
                                             "snapshot_every": 50}}
 LOSS_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+EMBED_NOISE_SEED = 0x5EED_0E3B  # XORed into --seed: the embedding noise's stream, apart from the batch order's
 ARCH_NAMES = {"mlp": "ToyMLP", "transformer": "1-layer transformer"}
 
 # Named presets: their values replace the defaults; flags given explicitly still win.
@@ -121,6 +128,8 @@ def validate(cfg: Config) -> None:
         (cfg.d_model >= 1 and cfg.n_heads >= 1 and cfg.d_mlp >= 1, "--d-model, --n-heads and --d-mlp must be >= 1"),
         (cfg.d_model % max(cfg.n_heads, 1) == 0, f"--n-heads ({cfg.n_heads}) must divide --d-model ({cfg.d_model})"),
         (cfg.stop_after_grok >= 0, f"--stop-after-grok must be >= 0, got {cfg.stop_after_grok}"),
+        (0 <= cfg.label_noise < 1, f"--label-noise must lie in [0, 1), got {cfg.label_noise}"),
+        (cfg.embed_noise >= 0 and math.isfinite(cfg.embed_noise), f"--embed-noise must be >= 0, got {cfg.embed_noise}"),
     ]
     for name in ("epochs", "eval_every", "checkpoint_every", "snapshot_every"):
         checks.append((getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be >= 1"))
@@ -147,23 +156,46 @@ def snapshot_epochs(max_epoch: int, every: int) -> set[int]:
 
 @torch.no_grad()
 def evaluate(model, data) -> dict:
-    out = {}
+    """Loss and accuracy of each split against the labels trained on (no embedding noise). With
+    corrupted training labels also the train accuracy on the clean pairs (clean_train_acc) and, on
+    the corrupted pairs, against their true labels (noisy_true_acc) and the corrupted ones (noisy_fit_acc)."""
+    out, logits, correct = {}, {}, {}
     for split in ("train", "test"):
         a, b, y = data.subset(split)
-        loss, correct = cross_entropy_per_row(model(a, b), y)  # precise even for losses ~1e-7
+        logits[split] = model(a, b)
+        loss, correct[split] = cross_entropy_per_row(logits[split], y)  # precise even for losses ~1e-7
         out[f"{split}_loss"] = loss.mean().item()
-        out[f"{split}_acc"] = correct.double().mean().item()
+        out[f"{split}_acc"] = _share(correct[split])
+    corrupted = data.corrupted_train
+    if corrupted.any():
+        y_true = data.subset("train", true_labels=True)[2][corrupted]
+        out["clean_train_acc"] = _share(correct["train"][~corrupted])
+        out["noisy_fit_acc"] = _share(correct["train"][corrupted])
+        out["noisy_true_acc"] = _share(cross_entropy_per_row(logits["train"][corrupted], y_true)[1])
     out["weight_norm"] = sum_squared_weights(model)
     return out
 
 
-def train_one_epoch(model, optimizer, data, full_batch, batch_size, generator, loss_dtype=torch.float32) -> float:
+def _share(flags: torch.Tensor) -> float:
+    return flags.double().mean().item()
+
+
+def draw_embed_noise(model, n: int, scale: float, generator: torch.Generator, device) -> torch.Tensor:
+    """(n, 2, embedding width) Gaussian noise of std `scale` for the a and b embeddings, drawn on the
+    CPU from `generator` (so a resumed run, on any device, draws the same noise)."""
+    return (scale * torch.randn(n, 2, model.W_E.shape[1], generator=generator)).to(device)
+
+
+def train_one_epoch(model, optimizer, data, full_batch, batch_size, generator, loss_dtype=torch.float32,
+                    embed_noise: float = 0.0, noise_generator: torch.Generator | None = None) -> float:
     """One pass over the training split; returns the mean loss of its steps. The loss (log-softmax
-    and its gradient) is computed in loss_dtype; the model itself runs in float32."""
+    and its gradient) is computed in loss_dtype; the model itself runs in float32. With embed_noise
+    > 0 every step adds fresh N(0, embed_noise^2) noise (from noise_generator) to the embeddings."""
     batches = [data.subset("train")] if full_batch else data.train_batches(batch_size, generator)
     losses = []
     for a, b, y in batches:
-        loss = F.cross_entropy(model(a, b).to(loss_dtype), y)
+        noise = draw_embed_noise(model, len(a), embed_noise, noise_generator, a.device) if embed_noise else None
+        loss = F.cross_entropy(model(a, b, noise).to(loss_dtype), y)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
@@ -199,28 +231,32 @@ def make_optimizer(model, cfg: Config) -> torch.optim.AdamW:
                              betas=(cfg.beta1, cfg.beta2))
 
 
-def restore(resume: dict, data, model, optimizer, batch_gen) -> tuple[dict, int, float]:
-    """Load a resumable checkpoint's state in place; returns (history, epoch, step seconds so far)."""
+def restore(resume: dict, data, model, optimizer, batch_gen, noise_gen) -> tuple[dict, int, float]:
+    """Load a resumable checkpoint's state in place; returns (history, epoch, step seconds so far).
+    Checkpoints from before --embed-noise have no noise generator state (and drew no noise)."""
     if not torch.equal(resume["train_idx"], data.train_idx.cpu()):
         raise CheckpointError("the checkpoint's train/test split differs from the one its config builds")
     model.load_state_dict(resume["model"], strict=True)
     optimizer.load_state_dict(resume["optimizer"])
     torch.set_rng_state(resume["rng"]["torch"])
     batch_gen.set_state(resume["rng"]["batches"])
+    if "embed_noise" in resume["rng"]:
+        noise_gen.set_state(resume["rng"]["embed_noise"])
     return resume["history"], resume["epoch"], resume["step_seconds"]
 
 
 def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dict:
     """Train with `cfg` (or continue the checkpoint `resume`); returns the summary dict."""
     device = resolve_device(cfg.device)
-    data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed).to(device)
+    data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed, cfg.label_noise).to(device)
     torch.manual_seed(cfg.seed)
     model = build_model(model_config(cfg)).to(device)
     optimizer = make_optimizer(model, cfg)
     batch_gen = torch.Generator().manual_seed(cfg.seed)  # batch order only (minibatch mode)
+    noise_gen = torch.Generator().manual_seed(cfg.seed ^ EMBED_NOISE_SEED)  # embedding noise only
     ckpt_dir = Path(cfg.checkpoint_dir)
     if resume is not None:
-        history, start_epoch, step_seconds = restore(resume, data, model, optimizer, batch_gen)
+        history, start_epoch, step_seconds = restore(resume, data, model, optimizer, batch_gen, noise_gen)
         run_id = resume.get("run_id")
     else:
         run_id = uuid.uuid4().hex[:12]
@@ -242,7 +278,8 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
         extra = {}
         if resumable:
             extra = {"optimizer": optimizer.state_dict(), "step_seconds": step_seconds,
-                     "rng": {"torch": torch.get_rng_state(), "batches": batch_gen.get_state()}}
+                     "rng": {"torch": torch.get_rng_state(), "batches": batch_gen.get_state(),
+                             "embed_noise": noise_gen.get_state()}}
         save_checkpoint(path, model=model.state_dict(), epoch=epoch, history=history, **common, **extra)
         if resumable:
             interrupt.latest_epoch = epoch
@@ -256,7 +293,8 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     with interrupt:
         while epoch < cfg.epochs:
             tick = time.perf_counter()
-            train_one_epoch(model, optimizer, data, full_batch, cfg.batch_size, batch_gen, LOSS_DTYPES[cfg.loss_dtype])
+            train_one_epoch(model, optimizer, data, full_batch, cfg.batch_size, batch_gen, LOSS_DTYPES[cfg.loss_dtype],
+                            cfg.embed_noise, noise_gen)
             step_seconds += time.perf_counter() - tick
             epoch += 1
             bar.update(1)
@@ -286,22 +324,29 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     if history["epoch"][-1:] != [epoch]:  # stopped between evaluations
         record(history, epoch, evaluate(model, data) | {"seconds": wall_seconds})
     save(ckpt_dir / "model_final.pth", epoch)
-    return summarize(cfg, history, epoch, stopped, wall_seconds, step_seconds / (epoch * steps_per_epoch), run_id)
+    return summarize(cfg, history, epoch, stopped, wall_seconds, step_seconds / (epoch * steps_per_epoch), run_id,
+                     int(data.corrupted_train.sum()))
 
 
 def record(history: dict, epoch: int, metrics: dict) -> None:
     history["epoch"].append(epoch)
     for key, value in metrics.items():
-        history[key].append(value)
+        history.setdefault(key, []).append(value)  # the label-noise keys come with the first evaluation
 
 
 def format_log_line(epoch: int, m: dict) -> str:
     return (f"epoch {epoch:6d} | train loss {m['train_loss']:.3e} acc {m['train_acc']:6.1%} | "
-            f"test loss {m['test_loss']:.3e} acc {m['test_acc']:6.1%} | weight norm² {m['weight_norm']:9.1f}")
+            f"test loss {m['test_loss']:.3e} acc {m['test_acc']:6.1%} | weight norm² {m['weight_norm']:9.1f}"
+            + (f" | corrupted: true {m['noisy_true_acc']:6.1%} fit {m['noisy_fit_acc']:6.1%}"
+               if "noisy_true_acc" in m else ""))
 
 
 def summarize(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds: float, step_s: float,
-              run_id: str | None) -> dict:
+              run_id: str | None, corrupted_pairs: int = 0) -> dict:
+    """The run's summary (results/training_summary.json) and its training curves. memorization is
+    measured against the labels trained on, grokking on the clean test set; with label noise the
+    final train accuracy on the clean pairs and, on the corrupted pairs, against the true and the
+    corrupted labels (None without corrupted pairs)."""
     memorization, grokking = first_epoch_at(history, "train_acc"), first_epoch_at(history, "test_acc")
     summary = {
         "run_id": run_id, "config": asdict(cfg), "seed": cfg.seed, "data_seed": cfg.data_seed, **provenance(),
@@ -311,6 +356,10 @@ def summarize(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds
         "epochs_run": epoch, "stopped": stopped,
         "final_train_acc": history["train_acc"][-1], "final_test_acc": history["test_acc"][-1],
         "final_train_loss": history["train_loss"][-1], "final_test_loss": history["test_loss"][-1],
+        "corrupted_pairs": corrupted_pairs,
+        "clean_train_acc": history.get("clean_train_acc", history["train_acc"])[-1],
+        "corrupted_true_acc": history["noisy_true_acc"][-1] if corrupted_pairs else None,
+        "corrupted_fit_acc": history["noisy_fit_acc"][-1] if corrupted_pairs else None,
         "wall_seconds": round(wall_seconds, 2),  # training loop incl. evaluations, all sessions
         "ms_per_step": round(1000 * step_s, 3),
         "checkpoint": str(Path(cfg.checkpoint_dir) / "model_final.pth"),
@@ -437,6 +486,10 @@ def train_and_report(cfg: Config, resume: dict | None, quiet: bool) -> int:
     print(f"final: train acc {summary['final_train_acc']:.1%}, test acc {summary['final_test_acc']:.1%}, "
           f"test loss {summary['final_test_loss']:.2e}; {summary['epochs_run']} epochs in "
           f"{summary['wall_seconds']:.1f} s ({summary['ms_per_step']:.2f} ms/step)")
+    if summary["corrupted_pairs"]:
+        print(f"label noise: {summary['corrupted_pairs']} corrupted training pairs, predicted as their true label "
+              f"{summary['corrupted_true_acc']:.1%}, as the corrupted label {summary['corrupted_fit_acc']:.1%}; "
+              f"clean training pairs {summary['clean_train_acc']:.1%}")
     print(f"wrote {cfg.checkpoint_dir}/model_final.pth, {latest}, {cfg.checkpoint_dir}/snapshots/, "
           f"{cfg.results_dir}/training_curves.png, {cfg.results_dir}/training_summary.json")
     return 0

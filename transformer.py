@@ -21,6 +21,7 @@ the big matmuls run on (batch, d_model) and (batch, d_mlp) rows of position 2 on
 
 Interface (shared with model.ToyMLP):
     model(a, b) -> logits (batch, p)
+    model(a, b, embed_noise) -> logits              training only: (batch, 2, d_model) added to a's and b's embedding
     model.run_with_cache(a, b) -> (logits, cache)   cache: the names in HOOK_NAMES
     model.run_with_hooks(a, b, hooks={name: fn})    fn(tensor) -> tensor replaces an activation
 run_with_hooks is the spelled-out all-positions forward. "hidden_pre" / "hidden_post" are the MLP's
@@ -88,8 +89,10 @@ class Transformer(nn.Module):
         """(d_mlp, p): the linear map from hidden_post at "=" to the logits (ToyMLP's W_U)."""
         return self.W_out @ self.W_U
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Logits at "=" from per-token tables (see the module docstring); equal to run_with_hooks."""
+    def forward(self, a: torch.Tensor, b: torch.Tensor, embed_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits at "=" from per-token tables (see the module docstring); equal to run_with_hooks.
+        embed_noise (batch, 2, d_model), if given, is added to the token embeddings of a and b
+        (training with --embed-noise), exactly as a hook on hook_embed adding it at positions 0, 1."""
         H, dh, p = self.n_heads, self.d_head, self.p
         x_eq = self.W_E[p] + self.W_pos[2]  # (d_model,) the residual at "=" before attention
         q = torch.einsum("d,hde->he", x_eq, self.W_Q)  # (H, dh) the only query the output needs
@@ -100,6 +103,8 @@ class Transformer(nn.Module):
         # F.embedding is the gather whose backward is fast on CPU.
         rows = torch.stack([F.embedding(a, tok + pos[0]), F.embedding(b, tok + pos[1]),
                             (tok[p] + pos[2]).expand(len(a), -1)], 1)  # (batch, 3, H + H*dh)
+        if embed_noise is not None:  # at a and b the residual only feeds keys and values: noise @ cols
+            rows = rows + F.pad(embed_noise @ cols, (0, 0, 0, 1))  # nothing added at "="
         pattern = rows[..., :H].softmax(1)  # (batch, 3 keys, H)
         values = rows[..., H:].unflatten(-1, (H, dh))  # (batch, 3 keys, H, dh)
         z = (pattern[..., None] * values).sum(1).flatten(1)  # (batch, H*dh)
