@@ -13,9 +13,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import clock_pizza
 import fourier
 import plots
 import transformer_analysis
+from component_ablation import component_ablations
 from checkpoint import CheckpointError, load_model
 from dataset import make_table
 from model import cross_entropy_per_row
@@ -293,11 +295,23 @@ def analyze(model, grid, draws: int = 5, progress: bool = False) -> dict:
         size, keep_accs = circuit_size(model, grid, ranking["causal_order"])
         logits = model(grid.a, grid.b)
     losses = {split: dict(zip(("loss", "acc"), grid.loss_acc(logits, split))) for split in ("all", "train", "test")}
+    f = fourier_analysis(model, grid)
     result = {"losses": losses, "ranking": ranking, "ablation_curves": curves, "circuit_size": size,
-              "circuit_keep_acc": keep_accs, "fourier": fourier_analysis(model, grid)}
+              "circuit_keep_acc": keep_accs, "fourier": f,
+              "components": component_ablations(model, grid, f["key_frequencies"])}
+    if grid.basis is not None:
+        result["clock_pizza"] = clock_pizza.clock_or_pizza(model, grid.p, grid.op,
+                                                           correct_logit=correct_logit_in_basis(logits, grid))
     if transformer_analysis.has_attention(model):
-        result["transformer"] = transformer_analysis.analyze(model, grid, result["fourier"]["key_frequencies"])
+        result["transformer"] = transformer_analysis.analyze(model, grid, f["key_frequencies"])
     return result
+
+
+def correct_logit_in_basis(logits, grid) -> torch.Tensor:
+    """(n, n): the correct class's logit on the pair at positions (i, j) of the grid's basis."""
+    basis = grid.basis
+    correct = basis.tokens[fourier.combination(basis.n, basis.op).reshape(-1)]
+    return logits[basis.grid_rows(grid.p)].gather(1, correct[:, None]).reshape(basis.n, basis.n)
 
 
 def structure(f: dict) -> str:
@@ -333,7 +347,10 @@ def summarize(result: dict, checkpoint: str, config: dict, run_id: str | None = 
                       **result["ablation_curves"]},
         "circuit_size": result["circuit_size"],
         "train_loss": result["losses"]["train"]["loss"], "test_loss": result["losses"]["test"]["loss"],
+        "component_ablations": result["components"],
     }
+    if "clock_pizza" in result:
+        summary["clock_pizza"] = result["clock_pizza"]
     if "transformer" in result:
         t = result["transformer"]
         summary["attention"] = [{"head": h, "mean_to_a": float(w[0].mean()), "mean_to_b": float(w[1].mean()),
@@ -422,6 +439,8 @@ def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Pat
         reindexed = [reindex_by_frequency(hidden[..., n], f["neuron_frequency"][n]) for n in many]
         plots.plot_neuron_overview(torch.stack(reindexed).numpy(), [f"#{i + 1}: n{n}, k={f['neuron_frequency'][n]}"
                                                                     for i, n in enumerate(many)], paths[6], axes)
+    paths.append(out / "component_ablation.png")
+    plots.plot_component_ablation(result["components"], result["losses"]["all"], paths[-1])
     if "transformer" in result:
         t = result["transformer"]
         paths.append(out / "attention_patterns.png")
@@ -484,6 +503,17 @@ def findings(summary: dict) -> list[str]:
         lines.append(f"Residual stream at '=': the key-frequency terms hold {r['key_variance_share']:.0%} of its "
                      f"variance; keeping only them gives accuracy {r['keep_key_acc']:.1%} (loss "
                      f"{r['keep_key_loss']:.3g}), removing them {r['remove_key_acc']:.1%} (loss {r['remove_key_loss']:.3g}).")
+    if "clock_pizza" in summary:
+        c = summary["clock_pizza"]
+        lines.append(f"Clock or pizza (Zhong et al. 2023): gradient symmetricity {c['gradient_symmetricity']:.3f}, "
+                     f"distance irrelevance {c['distance_irrelevance']:.3f}: {c['verdict']} "
+                     f"(pizza if s_g > {c['thresholds']['pizza_if_symmetricity_above']:g} and "
+                     f"q < {c['thresholds']['pizza_if_irrelevance_below']:g}).")
+    worst = max(summary.get("component_ablations", []), key=lambda r: r["mean_loss"], default=None)
+    if worst is not None:
+        lines.append(f"Component ablations: mean-ablating {worst['component']} hurts most (accuracy "
+                     f"{worst['mean_acc']:.1%}, loss {worst['mean_loss']:.3g}); the whole table is in the summary "
+                     "and component_ablation.png.")
     size = summary["circuit_size"]
     lines.append(f"Circuit size: {size} neurons kept (the rest mean-ablated) retain >= 99% accuracy."
                  if size is not None else "No set of neurons retains 99% accuracy (the model itself does not reach it).")

@@ -1,6 +1,8 @@
 """Plot functions: each takes arrays and a path, writes one PNG and closes its figure."""
 from pathlib import Path
 
+import numpy as np
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no screen needed
@@ -254,4 +256,28 @@ def plot_attention_patterns(patterns, head_ablations, path) -> None:
             ax.set(xlabel="b", ylabel="a")
     fig.colorbar(im, ax=axes, shrink=0.5, label="attention weight")
     fig.suptitle("Attention from the '=' position to each operand, over all inputs (a, b)", fontsize=11)
+    _save(fig, path)
+
+
+def plot_component_ablation(rows, base, path) -> None:
+    """One bar pair (zero, mean ablation) per component: accuracy and loss on all pairs, the model's own
+    as a dashed line. rows: component_ablation.component_ablations."""
+    names = [r["component"] for r in rows]
+    y = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 1.2 + 0.38 * len(rows)), sharey=True, layout="constrained")
+    for ax, metric, scale, label in ((axes[0], "acc", 100, "accuracy on all pairs (%)"),
+                                     (axes[1], "loss", 1, "loss on all pairs (log scale)")):
+        for offset, mode, color in ((-0.2, "zero", "tab:red"), (0.2, "mean", "tab:blue")):
+            ax.barh(y + offset, [scale * r[f"{mode}_{metric}"] for r in rows], height=0.38, color=color,
+                    label=f"{mode}-ablated")
+        ax.axvline(scale * base[metric], color="k", ls="--", lw=1, label="the model, nothing ablated")
+        ax.set(xlabel=label)
+        ax.grid(alpha=0.3, axis="x")
+    axes[1].set_xscale("log")
+    axes[0].set(xlim=(0, 102), yticks=y, yticklabels=names)
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(1.0, -0.6 / (1 + 0.3 * len(rows)) - 0.08), ncol=3)
+    fig.suptitle("Each component replaced by 0 (zero) or by its mean over all inputs (mean)\n"
+                 "(a bias's mean is itself; a frequency averages to 0 over the tokens, so its two bars agree)",
+                 fontsize=10)
     _save(fig, path)

@@ -34,7 +34,8 @@ def sweep(primes, seeds, base: Config = Config(), analyze: bool = False) -> list
                 continue
             row = {k: s[k] for k in ("memorization_epoch", "grokking_epoch", "grokking_delay", "seconds_to_grok",
                                      "epochs_run", "final_train_acc", "final_test_acc", "final_test_loss",
-                                     "wall_seconds", "ms_per_step")} | {"p": p, "seed": seed}
+                                     "wall_seconds", "ms_per_step", "corrupted_pairs", "clean_train_acc",
+                                     "corrupted_true_acc", "corrupted_fit_acc")} | {"p": p, "seed": seed}
             if analyze:
                 row |= analysis_row(cfg)
         rows.append(row)
@@ -48,9 +49,14 @@ def analysis_row(cfg: Config) -> dict:
 
     summary, _ = interpretability.run(f"{cfg.checkpoint_dir}/model_final.pth", cfg.results_dir, progress=False)
     replay = progress.run(cfg.checkpoint_dir, cfg.results_dir, progress=False)
-    keep = ("key_frequencies", "key_frequency_power_fraction", "circuit_size", "restricted_loss", "excluded_loss",
-            "train_loss", "test_loss", "logit_variance_explained", "neurons_unassigned")
+    if summary["basis"] is None:  # no Fourier analysis (mul or div mod a composite): only what needs none
+        return {"basis": None, "circuit_size": summary["circuit_size"], "key_frequencies": []}
+    keep = ("key_frequencies", "key_frequency_candidates", "key_frequency_power_fraction", "circuit_size",
+            "restricted_loss", "excluded_loss", "train_loss", "test_loss", "logit_variance_explained",
+            "neurons_unassigned")
     row = {k: summary[k] for k in keep} | replay["phases"] | {f"onset_{k}": v for k, v in replay["onsets"].items()}
+    row["basis"] = summary["basis"]["name"]
+    row |= {k: summary["clock_pizza"][k] for k in ("gradient_symmetricity", "distance_irrelevance", "verdict")}
     row["all_pairs_loss"] = summary["losses"]["all"]["loss"]  # what the restricted loss (all pairs) compares with
     row["ranking_spearman"] = summary["neuron_importance"]["ranking_agreement"]["spearman"]
     row["worst_key_frequency_ablation_acc"] = min(r["acc"] for r in summary["frequency_ablation"][:-1])
@@ -62,8 +68,10 @@ def format_row(r: dict) -> str:
     delay = f"{r['grokking_delay']:5.1f}x" if r["grokking_delay"] else "  none"
     line = (f"p {r['p']:4d} seed {r['seed']:2d} | memorized {r['memorization_epoch']} | grokked {r['grokking_epoch']} "
             f"({delay}) | final test acc {r['final_test_acc']:.1%} | {r['epochs_run']} epochs, {r['wall_seconds']:.1f} s")
-    if "key_frequencies" in r:
-        line += (f" | keys {r['key_frequencies']} ({r['key_frequency_power_fraction']:.0%}) | circuit "
+    if r.get("basis"):
+        line += (f" | keys {r['key_frequencies']} ({r['key_frequency_power_fraction']:.0%}; spectrum alone "
+                 f"{r['key_frequency_candidates']}) | {r['verdict']} (s_g {r['gradient_symmetricity']:.2f}, "
+                 f"q {r['distance_irrelevance']:.2f}) | circuit "
                  f"{r['circuit_size']} | restricted {r['restricted_loss']:.2g} excluded {r['excluded_loss']:.2g} | "
                  f"logit var {r['logit_variance_explained']:.1%} | clean-up {r['cleanup_start']}-{r['cleanup_end']} | "
                  "first 2x moves: " + ", ".join(f"{k[6:]} {r[k]}" for k in sorted(
@@ -115,7 +123,9 @@ def main(argv=None) -> int:
         print("\n   p | key frequencies (count) | their power share | circuit size | restricted loss | "
               "excluded loss | logit variance explained | clean-up starts")
         for p in args.primes:
-            rs = [r for r in rows if r["p"] == p and not r.get("diverged")]
+            rs = [r for r in rows if r["p"] == p and r.get("basis")]  # not diverged, and a Fourier analysis
+            if not rs:
+                continue
             print(f"{p:4d} | {mean_std(len(r['key_frequencies']) for r in rs):>23} | "
                   f"{mean_std(100 * r['key_frequency_power_fraction'] for r in rs):>16}% | "
                   f"{mean_std(r['circuit_size'] for r in rs):>12} | "
@@ -125,7 +135,7 @@ def main(argv=None) -> int:
                   f"{mean_std(r['cleanup_start'] for r in rs)}")
         print("\n   p | seed | memorized | clean-up starts | clean-up ends | grokked | first 2x move after memorization: "
               "embedding Gini up | restricted loss down | excluded loss up | test loss down")
-        for r in (r for r in rows if not r.get("diverged")):
+        for r in (r for r in rows if r.get("basis")):
             print(f"{r['p']:4d} | {r['seed']:4d} | {r['memorization_epoch']!s:>9} | {r['cleanup_start']!s:>15} | "
                   f"{r['cleanup_end']!s:>13} | {r['grokking_epoch']!s:>7} | {r['onset_fourier_gini']!s:>17} | "
                   f"{r['onset_restricted_loss']!s:>20} | {r['onset_excluded_loss']!s:>16} | {r['onset_test_loss']!s:>14}")

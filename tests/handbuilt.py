@@ -168,3 +168,40 @@ def discrete_log_model(p: int, keys: list[int], g: int, scale: float = 5.0, op: 
         model.W_U[:zero, nonzero] = core.W_U[:, positions]
         model.W_U[zero, 0] = 10 * scale * len(keys)  # above any circuit logit (at most 4 scale len(keys))
     return model.eval(), neuron_freq + [None]
+
+
+def pizza_weights(p: int, keys: list[int], directions: int = 32):
+    """The pizza by hand, as ToyMLP weights (float64): W_E[x] = (cos w x, sin w x) per key; each hidden
+    unit reads u_m . (E_a + E_b) (W_in's a part = b part = U) with u_m = (cos t_m, sin t_m) on the full
+    circle, ReLU, read out with cos(2 t_m - w c).
+
+    E_a + E_b = r (cos phi, sin phi) with r = 2 cos(w(a-b)/2), phi = w(a+b)/2, and
+    ReLU(cos x) = 1/pi + cos(x)/2 + (2/3pi) cos(2x) + (even harmonics). Summed over the M directions,
+    the readout cos(2t - wc) keeps only the cos(2(phi - t)) term, the same for r < 0 (phi + pi doubles to
+    the same angle), so each key contributes |r| (M/3pi) cos(2 phi - wc)
+    = (2M/3pi) |cos(w(a-b)/2)| cos(w(a+b-c)): the pizza formula, up to aliasing of order 1/M^2."""
+    K = len(keys)
+    x = torch.arange(p, dtype=torch.float64)
+    W_E = torch.zeros(p, 2 * K, dtype=torch.float64)
+    U = torch.zeros(2 * K, directions * K, dtype=torch.float64)
+    W_U = torch.zeros(directions * K, p, dtype=torch.float64)
+    for i, k in enumerate(keys):
+        w = 2 * math.pi * k / p
+        W_E[:, 2 * i], W_E[:, 2 * i + 1] = torch.cos(w * x), torch.sin(w * x)
+        for m in range(directions):
+            t, n = 2 * math.pi * m / directions, i * directions + m
+            U[2 * i, n], U[2 * i + 1, n] = math.cos(t), math.sin(t)
+            W_U[n] = torch.cos(2 * t - w * x)
+    return W_E, torch.cat([U, U]), W_U
+
+
+def pizza_model(p: int, keys: list[int], directions: int = 32) -> ToyMLP:
+    W_E, W_in, W_U = pizza_weights(p, keys, directions)
+    model = ToyMLP(p, W_E.shape[1], W_U.shape[0], activation="relu")
+    with torch.no_grad():
+        model.W_E.copy_(W_E)
+        model.W_in.copy_(W_in)
+        model.b_in.zero_()
+        model.W_U.copy_(W_U)
+        model.b_U.zero_()
+    return model.eval()

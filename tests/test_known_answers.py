@@ -515,7 +515,7 @@ def test_plots_receive_what_the_analysis_found(tmp_path, monkeypatch):
     """write_plots hands each plot function the right arrays and labels (recorded, not drawn)."""
     calls = {}
     for name in ("plot_neuron_heatmaps", "plot_neuron_overview", "plot_neuron_ranking", "plot_ablation_curves",
-                 "plot_fourier_spectrum", "plot_neuron_clusters", "plot_frequency_ablation"):
+                 "plot_fourier_spectrum", "plot_neuron_clusters", "plot_frequency_ablation", "plot_component_ablation"):
         monkeypatch.setattr(interpretability.plots, name, lambda *args, _n=name: calls.setdefault(_n, args))
     model, parts = annotated_model(P, KEYS)
     grid = grid_for()
@@ -524,7 +524,8 @@ def test_plots_receive_what_the_analysis_found(tmp_path, monkeypatch):
     paths = interpretability.write_plots(model, grid, result, tmp_path)
     assert [p.name for p in paths] == ["activation_heatmap.png", "neuron_ranking.png", "ablation_curves.png",
                                        "fourier_spectrum.png", "neuron_clusters.png", "frequency_ablation.png",
-                                       "activation_overview.png"]
+                                       "activation_overview.png", "component_ablation.png"]
+    assert calls["plot_component_ablation"][0] is result["components"]
     heatmaps, labels = calls["plot_neuron_heatmaps"][:2]
     assert heatmaps.shape == (16, P, P) and len(labels) == 16
     assert labels[0].startswith(f"neuron {parts['top']} (rank 1)\nfreq 4, 80% of var")
