@@ -506,9 +506,10 @@ def findings(summary: dict) -> list[str]:
     if "clock_pizza" in summary:
         c = summary["clock_pizza"]
         lines.append(f"Clock or pizza (Zhong et al. 2023): gradient symmetricity {c['gradient_symmetricity']:.3f}, "
-                     f"distance irrelevance {c['distance_irrelevance']:.3f}: {c['verdict']} "
-                     f"(pizza if s_g > {c['thresholds']['pizza_if_symmetricity_above']:g} and "
-                     f"q < {c['thresholds']['pizza_if_irrelevance_below']:g}).")
+                     f"distance irrelevance {c['distance_irrelevance']:.3f}: {c['verdict']}"
+                     + (f" (pizza if s_g > {c['thresholds']['pizza_if_symmetricity_above']:g} and q < "
+                        f"{c['thresholds']['pizza_if_irrelevance_below']:g}, clock if neither)."
+                        if c["verdict"] in ("clock", "pizza") else "."))
     worst = max(summary.get("component_ablations", []), key=lambda r: r["mean_loss"], default=None)
     if worst is not None:
         lines.append(f"Component ablations: mean-ablating {worst['component']} hurts most (accuracy "

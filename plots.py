@@ -276,7 +276,7 @@ def plot_component_ablation(rows, base, path) -> None:
     axes[1].set_xscale("log")
     axes[0].set(xlim=(0, 102), yticks=y, yticklabels=names)
     axes[0].invert_yaxis()
-    axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(1.0, -0.6 / (1 + 0.3 * len(rows)) - 0.08), ncol=3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
     fig.suptitle("Each component replaced by 0 (zero) or by its mean over all inputs (mean)\n"
                  "(a bias's mean is itself; a frequency averages to 0 over the tokens, so its two bars agree)",
                  fontsize=10)
