@@ -465,7 +465,9 @@ def findings(summary: dict) -> list[str]:
     """A few plain sentences on what was found."""
     acc = summary["losses"]["test"]["acc"]
     lines = [f"Model: test accuracy {acc:.1%}, train accuracy {summary['losses']['train']['acc']:.1%}."]
-    basis, keys, dropped = summary["basis"], summary["key_frequencies"], summary.get("key_frequency_candidates", [])
+    p, op = summary["config"]["p"], summary["config"]["op"]
+    basis = summary.get("basis", {"name": f"Z_{p}", "n": p, "op": op, "generator": None})  # older summaries: Z_p
+    keys, dropped = summary["key_frequencies"], summary.get("key_frequency_candidates", [])
     if basis is None:
         lines.append(f"No Fourier analysis: {summary['no_basis']}.")
     elif basis["generator"] is not None:
