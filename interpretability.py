@@ -449,15 +449,11 @@ def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Pat
 
 
 def reindex_by_frequency(act: torch.Tensor, k: int) -> torch.Tensor:
-    """act (n, n) over the positions (a, b) of Z_n, with rows and columns reordered so that row j holds
-    a = j / k mod n: then cos(w_k a) = cos(2 pi j / n), and a frequency-k neuron shows as one smooth
-    wave. Left as it is when k has no inverse mod n."""
-    p = act.shape[0]
-    try:
-        inverse = pow(k, -1, p)
-    except ValueError:
-        return act
-    order = (torch.arange(p) * inverse) % p
+    """act (n, n) over the positions (a, b) of Z_n, with rows and columns sorted by the phase k*a mod n
+    (stable): for k invertible mod n, row j holds a = j / k, so cos(w_k a) = cos(2 pi j / n) and a
+    frequency-k neuron shows as one smooth wave; when k shares a factor d with n (mul's Z_112 has
+    many such k), the d positions of each phase sit side by side and the wave has steps."""
+    order = torch.argsort((k * torch.arange(act.shape[0])) % act.shape[0], stable=True)
     return act[order][:, order]
 
 

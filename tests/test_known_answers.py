@@ -467,7 +467,11 @@ def test_reindex_by_frequency_by_hand():
     act = torch.outer(torch.cos(2 * math.pi * k * x / p), torch.cos(2 * math.pi * k * x / p))
     smooth = torch.outer(torch.cos(2 * math.pi * x / p), torch.cos(2 * math.pi * x / p))
     torch.testing.assert_close(interpretability.reindex_by_frequency(act, k), smooth)
-    assert torch.equal(interpretability.reindex_by_frequency(act, 13), act)  # 13 has no inverse mod 13: as it is
+    assert torch.equal(interpretability.reindex_by_frequency(act, 13), act)  # phase 13 a mod 13 = 0: as it is
+    # k = 4 on Z_12 (gcd 4): the phases 4a mod 12 are 0, 4, 8; each phase's 4 positions side by side, in order
+    order = [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]
+    grid = torch.arange(144.0).reshape(12, 12)
+    assert torch.equal(interpretability.reindex_by_frequency(grid, 4), grid[order][:, order])
 
 
 def test_progress_refuses_a_snapshot_of_another_run_and_a_folder_without_snapshots(tmp_path, capsys):
