@@ -1,13 +1,20 @@
-"""Train over several seeds and primes with otherwise default settings; print and save a table.
+"""Train a grid of settings (the product of --set lists, --primes and --seeds), store each run in a database.
 
-    python sweep.py                                  # seeds 0-9 at p = 113
+    python sweep.py                                  # seeds 0-9 at p = 113, the defaults otherwise
     python sweep.py --primes 53 59 71 97 127 149 --seeds 0 1 2 3 4 5 6 7 8 9
+    python sweep.py --set train_frac=0.2,0.3,0.5 weight_decay=0.1,0.3,1,3 --seeds 0 1 --diagram train_frac weight_decay
     python sweep.py --arch transformer --analyze     # the transformer with its own defaults
 
-Each run writes its checkpoints into a temporary folder; only results/sweep.json is kept.
+Every finished run is stored at once in results/sweep.sqlite (sweep_db.py), keyed by its settings; running the
+same command again trains only the runs not stored yet, so an interrupted sweep loses at most the run in
+flight. results/sweep.csv and results/sweep.json are exported from the database for this command's grid, and
+--diagram draws results/phase_diagram.png (phase_diagram.py). Checkpoints go to a temporary folder per run
+unless --save-checkpoints DIR keeps them in DIR/<config hash>/.
 """
 import argparse
+import itertools
 import statistics
+import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, fields, replace
@@ -15,32 +22,132 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from train import ARCH_DEFAULTS, ARCH_FLAGS, Config, NonFiniteLoss, train
-from utils import OutputDirError, check_output_dir, provenance, write_json
+import sweep_db
+from checkpoint import load_checkpoint
+from phase_diagram import PHASE_RULE, PHASES, draw_phase_diagram, phase_of_row
+from train import ARCH_DEFAULTS, ARCH_FLAGS, Config, NonFiniteLoss, StoppedAtOnce, train, validate
+from utils import OutputDirError, check_output_dir, provenance, resolve_device
+
+ROOT = Path(__file__).resolve().parent
+SUMMARY_KEYS = ("memorization_epoch", "grokking_epoch", "grokking_delay", "seconds_to_grok", "epochs_run",
+                "final_train_acc", "final_test_acc", "final_test_loss", "wall_seconds", "ms_per_step",
+                "corrupted_pairs", "clean_train_acc", "corrupted_true_acc", "corrupted_fit_acc")
+# Settings that sweep.py sets itself, and the flag that does it.
+MANAGED = {"p": "--primes", "seed": "--seeds", "arch": "--arch", "checkpoint_dir": "--save-checkpoints",
+           "results_dir": "nothing (each run writes its plots into a temporary folder)"}
 
 
-def sweep(primes, seeds, base: Config = Config(), analyze: bool = False) -> list[dict]:
-    """Train each (p, seed); with analyze, also run interpretability.run and progress.run on it."""
-    rows = []
-    runs = [(p, s) for p in primes for s in seeds]
-    for p, seed in tqdm(runs, desc="sweep", unit="run"):
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = replace(base, p=p, seed=seed, checkpoint_dir=f"{tmp}/checkpoints", results_dir=f"{tmp}/results")
+class Interrupted(Exception):
+    """Ctrl-C during a run: the runs before it are stored, that one is not."""
+
+
+def parse_sets(items, allow=()) -> dict[str, list]:
+    """['lr=0.01,0.03', 'weight_decay=1'] -> {'lr': [0.01, 0.03], 'weight_decay': [1.0]}: values parsed by the
+    Config field's type, duplicates dropped. ValueError (one sentence) for an unknown name, a name sweep.py
+    sets itself (unless in allow), a name given twice, an empty list or value, or a value of the wrong type."""
+    types = {f.name: f.type for f in fields(Config)}
+    grid = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not NAME=V1,V2,...")
+        if name not in types:
+            raise ValueError(f"unknown setting {name!r} in {item!r}: names are train.py's Config fields "
+                             f"({', '.join(t for t in types if t not in MANAGED)})")
+        if name in MANAGED and name not in allow:
+            raise ValueError(f"{name} is set by {MANAGED[name]}, not by --set")
+        if name in grid:
+            raise ValueError(f"{name} is given twice: put all its values in one list, {name}=V1,V2,...")
+        parsed = []
+        for value in values.split(","):
+            if not value.strip():
+                raise ValueError(f"{item!r} has an empty value: write {name}=V1,V2,...")
             try:
-                s = train(cfg, progress=False)
-            except NonFiniteLoss:
-                rows.append({"p": p, "seed": seed, "diverged": True})
-                tqdm.write(f"p {p:4d} seed {seed:2d} | diverged (non-finite loss)")
-                continue
-            row = {k: s[k] for k in ("memorization_epoch", "grokking_epoch", "grokking_delay", "seconds_to_grok",
-                                     "epochs_run", "final_train_acc", "final_test_acc", "final_test_loss",
-                                     "wall_seconds", "ms_per_step", "corrupted_pairs", "clean_train_acc",
-                                     "corrupted_true_acc", "corrupted_fit_acc")} | {"p": p, "seed": seed}
+                parsed.append(types[name](value.strip()))
+            except ValueError:
+                raise ValueError(f"{name} takes {types[name].__name__} values, got {value.strip()!r}") from None
+        grid[name] = list(dict.fromkeys(parsed))
+    return grid
+
+
+def expand_grid(base: Config, sets: dict[str, list], primes, seeds) -> list[Config]:
+    """Every combination of the --primes, the --set lists (in the order given) and the --seeds (innermost),
+    one Config each, applied over `base`; combinations with the same key (sweep_db.config_hash) once."""
+    names, lists = ["p", *sets, "seed"], [list(primes), *sets.values(), list(seeds)]
+    configs = {}
+    for combo in itertools.product(*lists):
+        cfg = replace(base, **dict(zip(names, combo)))
+        configs.setdefault(sweep_db.config_hash(cfg), cfg)
+    return list(configs.values())
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def is_done(record: dict | None, analyze: bool, save_checkpoints) -> bool:
+    """Whether a stored run answers this command: it exists; with --analyze it holds the analysis; with
+    --save-checkpoints its model_final.pth is there. (A diverged run is done: it would diverge again.)"""
+    if record is None:
+        return False
+    if record["status"] == "diverged":
+        return True
+    if analyze and not record["analyzed"]:
+        return False
+    if save_checkpoints and not (Path(save_checkpoints) / record["config_hash"] / "model_final.pth").is_file():
+        return False
+    return True
+
+
+def run_one(cfg: Config, analyze: bool = False, save_checkpoints=None, commit: str | None = None) -> dict:
+    """Train one configuration (and analyse it); returns its database record (sweep_db.COLUMNS).
+    Raises Interrupted on Ctrl-C."""
+    h = sweep_db.config_hash(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(save_checkpoints) / h if save_checkpoints else Path(tmp) / "checkpoints"
+        cfg = replace(cfg, checkpoint_dir=str(ckpt), results_dir=f"{tmp}/results")
+        history = None
+        try:
+            s = train(cfg, progress=False)
+        except NonFiniteLoss:
+            row, status = {"p": cfg.p, "seed": cfg.seed, "diverged": True}, "diverged"
+        except StoppedAtOnce:
+            raise Interrupted from None
+        else:
+            if s["stopped"] == "interrupted":
+                raise Interrupted
+            row, status = {k: s[k] for k in SUMMARY_KEYS} | {"p": cfg.p, "seed": cfg.seed}, "done"
+            history = load_checkpoint(ckpt / "model_final.pth")["history"]
             if analyze:
                 row |= analysis_row(cfg)
-        rows.append(row)
-        tqdm.write(format_row(row))
-    return rows
+    prov = provenance() | {"git_commit": commit, "device": str(resolve_device(cfg.device)),
+                           "engine": "train.train, one run at a time"}
+    return {"config_hash": h, "config_key": sweep_db.config_key(cfg), "config": asdict(cfg), "status": status,
+            "phase": phase_of_row(row), "analyzed": int(analyze and status == "done"), "summary": row,
+            "history": history, "checkpoint": str(ckpt) if save_checkpoints and status == "done" else None,
+            "created": prov["created"], "provenance": prov}
+
+
+def sweep(conn, configs: list[Config], analyze: bool = False, save_checkpoints=None, show=()) -> tuple[int, int]:
+    """Train the configurations not yet done in the database `conn`, storing each as it finishes (one
+    transaction per run). show: the settings to name in each run's line. Returns (trained, skipped)."""
+    stored = {r["config_hash"]: r for r in sweep_db.get_runs(conn, [sweep_db.config_hash(c) for c in configs],
+                                                             history=False)}
+    todo = [c for c in configs if not is_done(stored.get(sweep_db.config_hash(c)), analyze, save_checkpoints)]
+    skipped = len(configs) - len(todo)
+    print(f"sweep: {len(configs)} runs in the grid; {skipped} already in the database (skipped), "
+          f"{len(todo)} to train", flush=True)
+    commit = git_commit()
+    for cfg in tqdm(todo, desc="sweep", unit="run", disable=not todo):
+        record = run_one(cfg, analyze, save_checkpoints, commit)
+        sweep_db.put_runs(conn, [record])
+        tqdm.write(format_row(sweep_db.flat_row(record), show))
+        sys.stdout.flush()  # each run's line reaches a log file (nohup) at once
+    return len(todo), skipped
 
 
 def analysis_row(cfg: Config) -> dict:
@@ -64,10 +171,22 @@ def analysis_row(cfg: Config) -> dict:
     return row
 
 
-def format_row(r: dict) -> str:
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def settings_label(r: dict, show) -> str:
+    return " ".join(f"{name} {_fmt(r[name])}" for name in show)
+
+
+def format_row(r: dict, show=()) -> str:
+    head = f"p {r['p']:4d} seed {r['seed']:2d}" + (f" | {settings_label(r, show)}" if show else "")
+    if r.get("diverged"):
+        return f"{head} | diverged (non-finite loss)"
     delay = f"{r['grokking_delay']:5.1f}x" if r["grokking_delay"] else "  none"
-    line = (f"p {r['p']:4d} seed {r['seed']:2d} | memorized {r['memorization_epoch']} | grokked {r['grokking_epoch']} "
-            f"({delay}) | final test acc {r['final_test_acc']:.1%} | {r['epochs_run']} epochs, {r['wall_seconds']:.1f} s")
+    line = (f"{head} | {r['phase']} | memorized {r['memorization_epoch']} | grokked {r['grokking_epoch']} "
+            f"({delay}) | final test acc {r['final_test_acc']:.1%} | {r['epochs_run']} epochs, "
+            f"{r['wall_seconds']:.1f} s")
     if r.get("basis"):
         line += (f" | keys {r['key_frequencies']} ({r['key_frequency_power_fraction']:.0%}; spectrum alone "
                  f"{r['key_frequency_candidates']}) | {r['verdict']} (s_g {r['gradient_symmetricity']:.2f}, "
@@ -86,62 +205,158 @@ def mean_std(values) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0:.1f}"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Grokking epochs over seeds and primes (defaults otherwise).")
+def print_tables(rows: list[dict], group_by: list[str], analyze: bool) -> None:
+    """One line per setting (all of group_by's values), summarising its seeds; with analyze, the analysis too."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in group_by), []).append(r)
+    head = " | ".join(group_by)
+    print(f"\n{head} | runs | phases | memorization epoch | grokking epoch | delay (grok/mem) | min delay | "
+          "final test acc | wall s")
+    for key, rs in groups.items():
+        label = " | ".join(_fmt(v) for v in key)
+        counts = {ph: sum(r["phase"] == ph for r in rs) for ph in PHASES}
+        phases = ", ".join(f"{n} {ph}" for ph, n in counts.items() if n)
+        ok = [r for r in rs if not r.get("diverged")]
+        if not ok:
+            print(f"{label} | {len(rs)} | {phases} | every run diverged")
+            continue
+        delays = [r["grokking_delay"] for r in ok]
+        print(f"{label} | {len(rs)} | {phases} | {mean_std(r['memorization_epoch'] for r in ok)} | "
+              f"{mean_std(r['grokking_epoch'] for r in ok)} | {mean_std(delays)} | "
+              f"{min((d for d in delays if d), default=0):.1f} | "
+              f"{min(r['final_test_acc'] for r in ok):.1%} | {mean_std(r['wall_seconds'] for r in ok)}")
+    if not analyze:
+        return
+    print(f"\n{head} | key frequencies (count) | their power share | circuit size | restricted loss | "
+          "excluded loss | logit variance explained | clean-up starts")
+    for key, rs in groups.items():
+        rs = [r for r in rs if r.get("basis")]  # not diverged, and a Fourier analysis
+        if not rs:
+            continue
+        print(f"{' | '.join(_fmt(v) for v in key)} | {mean_std(len(r['key_frequencies']) for r in rs)} | "
+              f"{mean_std(100 * r['key_frequency_power_fraction'] for r in rs)}% | "
+              f"{mean_std(r['circuit_size'] for r in rs)} | "
+              f"{min(r['restricted_loss'] for r in rs):.1e}-{max(r['restricted_loss'] for r in rs):.1e} | "
+              f"{mean_std(r['excluded_loss'] for r in rs)} | "
+              f"{mean_std(100 * r['logit_variance_explained'] for r in rs)}% | "
+              f"{mean_std(r['cleanup_start'] for r in rs)}")
+    print(f"\n{head} | seed | memorized | clean-up starts | clean-up ends | grokked | first 2x move after "
+          "memorization: embedding Gini up | restricted loss down | excluded loss up | test loss down")
+    for key, rs in groups.items():
+        for r in (r for r in rs if r.get("basis")):
+            print(f"{' | '.join(_fmt(v) for v in key)} | {r['seed']:4d} | {r['memorization_epoch']!s:>9} | "
+                  f"{r['cleanup_start']!s:>15} | {r['cleanup_end']!s:>13} | {r['grokking_epoch']!s:>7} | "
+                  f"{r['onset_fourier_gini']!s:>17} | {r['onset_restricted_loss']!s:>20} | "
+                  f"{r['onset_excluded_loss']!s:>16} | {r['onset_test_loss']!s:>14}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train every combination of --primes, --set lists and --seeds (train.py's defaults otherwise), "
+                    "storing each finished run at once in a SQLite database; a rerun of the same command trains "
+                    "only what is missing. Phase of each run (after Liu et al. 2022, with a delay ratio instead of "
+                    f"their 10^3-step gap): {PHASE_RULE}.")
     parser.add_argument("--primes", type=int, nargs="+", default=[113], help="moduli to train on")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="init seeds")
     parser.add_argument("--arch", choices=ARCH_FLAGS, default="mlp",
                         help="architecture; its defaults (train.ARCH_DEFAULTS) apply before --set")
-    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
-                        help="override train.py settings for every run, e.g. --set lr=0.01 weight_decay=3")
-    parser.add_argument("--analyze", action="store_true", help="also run the analysis and progress measures")
-    parser.add_argument("--out", default="results/sweep.json", help="where to write the table")
+    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=V1,V2",
+                        help="train.py settings (Config field names, e.g. lr, weight_decay, train_frac, epochs), "
+                             "each with one value or a comma-separated list; the grid is the product of all lists, "
+                             "--primes and --seeds. E.g. --set lr=0.01 weight_decay=0.3,1,3")
+    parser.add_argument("--analyze", action="store_true",
+                        help="also run the analysis and progress measures (a stored run without them is retrained)")
+    parser.add_argument("--db", default="results/sweep.sqlite",
+                        help="the SQLite database every finished run is stored in, keyed by its settings (all "
+                             "Config fields except " + ", ".join(sorted(sweep_db.BOOKKEEPING)) + "); runs already "
+                             "in it are skipped")
+    parser.add_argument("--out", default="results/sweep.json",
+                        help="where to write the JSON table; the CSV goes beside it (sweep.csv). Both are exported "
+                             "from the database after the sweep and hold the runs of this command's grid only")
+    parser.add_argument("--save-checkpoints", metavar="DIR", default=None,
+                        help="keep each run's checkpoints in DIR/<config hash>/ (model_final.pth for "
+                             "interpretability.py, snapshots for progress.py); a stored run without them is retrained")
+    parser.add_argument("--diagram", nargs=2, metavar=("X", "Y"), default=None,
+                        help="draw the phase diagram over two swept settings (Config field names) into "
+                             "phase_diagram.png beside --out: colour = majority phase over the seeds of a cell, "
+                             "text = phase counts, median epoch of 99%% test accuracy and median delay")
+    parser.add_argument("--diagram-only", action="store_true",
+                        help="train nothing: draw --diagram from the runs of this grid already in --db")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    types = {f.name: f.type for f in fields(Config)}
     try:
-        overrides = {name: types[name](value) for name, value in (item.split("=", 1) for item in args.set)}
-    except (KeyError, ValueError):
-        parser.error(f"--set takes NAME=VALUE pairs with names from train.py's Config, got {args.set}")
+        sets = parse_sets(args.set)
+    except ValueError as err:
+        parser.error(f"--set: {err}")
+    foreign = [k for flags in ARCH_FLAGS.values() for k in flags if k in sets and k not in ARCH_FLAGS[args.arch]]
+    if foreign:
+        parser.error(f"--set: {foreign[0]} does not apply to --arch {args.arch}")
+    base = replace(Config(**ARCH_DEFAULTS[args.arch]), arch=args.arch)
+    configs = expand_grid(base, sets, args.primes, args.seeds)
     try:
-        check_output_dir(Path(args.out).parent, "--out")
-    except OutputDirError as err:
+        for cfg in configs:
+            validate(cfg)
+    except ValueError as err:
+        parser.error(f"--set: {err}")
+    varying = [name for name in ("p", *sets, "seed") if len({getattr(c, name) for c in configs}) > 1]
+    show = [name for name in varying if name not in ("p", "seed")]
+    if args.diagram_only and not args.diagram:
+        parser.error("--diagram-only needs --diagram X Y")
+    if args.diagram:
+        names = {f.name for f in fields(Config)}
+        x, y = args.diagram
+        if x not in names or y not in names or x == y:
+            parser.error(f"--diagram takes two different Config field names, got {x} {y}")
+        others = [name for name in varying if name not in (x, y, "seed")]
+        if others:
+            parser.error(f"--diagram {x} {y}: the grid also varies {', '.join(others)}, so a cell would mix "
+                         "settings; sweep one value of it at a time, or draw slices with "
+                         "phase_diagram.py --where")
+    out = Path(args.out)
+    try:
+        for path, flag in ((out.parent, "--out"), (Path(args.db).parent, "--db")):
+            check_output_dir(path, flag)
+        if args.save_checkpoints:
+            check_output_dir(args.save_checkpoints, "--save-checkpoints")
+        conn = sweep_db.connect(args.db, create=not args.diagram_only)
+    except (OutputDirError, sweep_db.SweepDBError) as err:
         parser.error(str(err))
-    base = replace(Config(**ARCH_DEFAULTS[args.arch]), arch=args.arch, **overrides)
-    rows = sweep(args.primes, args.seeds, base=base, analyze=args.analyze)
-    print("\n   p | memorization epoch | grokking epoch | delay (grok/mem) | min delay | final test acc | wall s")
-    for p in args.primes:
-        rs = [r for r in rows if r["p"] == p and not r.get("diverged")]
-        if not rs:
-            print(f"{p:4d} | every run diverged")
-            continue
-        delays = [r["grokking_delay"] for r in rs]
-        print(f"{p:4d} | {mean_std(r['memorization_epoch'] for r in rs):>18} | "
-              f"{mean_std(r['grokking_epoch'] for r in rs):>14} | {mean_std(delays):>16} | "
-              f"{min((d for d in delays if d), default=0):9.1f} | "
-              f"{min(r['final_test_acc'] for r in rs):14.1%} | {mean_std(r['wall_seconds'] for r in rs)}")
-    if args.analyze:
-        print("\n   p | key frequencies (count) | their power share | circuit size | restricted loss | "
-              "excluded loss | logit variance explained | clean-up starts")
-        for p in args.primes:
-            rs = [r for r in rows if r["p"] == p and r.get("basis")]  # not diverged, and a Fourier analysis
-            if not rs:
-                continue
-            print(f"{p:4d} | {mean_std(len(r['key_frequencies']) for r in rs):>23} | "
-                  f"{mean_std(100 * r['key_frequency_power_fraction'] for r in rs):>16}% | "
-                  f"{mean_std(r['circuit_size'] for r in rs):>12} | "
-                  f"{min(r['restricted_loss'] for r in rs):.1e}-{max(r['restricted_loss'] for r in rs):.1e} | "
-                  f"{mean_std(r['excluded_loss'] for r in rs):>13} | "
-                  f"{mean_std(100 * r['logit_variance_explained'] for r in rs):>23}% | "
-                  f"{mean_std(r['cleanup_start'] for r in rs)}")
-        print("\n   p | seed | memorized | clean-up starts | clean-up ends | grokked | first 2x move after memorization: "
-              "embedding Gini up | restricted loss down | excluded loss up | test loss down")
-        for r in (r for r in rows if r.get("basis")):
-            print(f"{r['p']:4d} | {r['seed']:4d} | {r['memorization_epoch']!s:>9} | {r['cleanup_start']!s:>15} | "
-                  f"{r['cleanup_end']!s:>13} | {r['grokking_epoch']!s:>7} | {r['onset_fourier_gini']!s:>17} | "
-                  f"{r['onset_restricted_loss']!s:>20} | {r['onset_excluded_loss']!s:>16} | {r['onset_test_loss']!s:>14}")
-    write_json(args.out, {"runs": rows, "config": vars(args) | {"base": asdict(base)},
-                          **provenance()})
-    print(f"wrote {args.out}")
+    diagram_path = out.parent / "phase_diagram.png"
+    hashes = [sweep_db.config_hash(c) for c in configs]
+    try:
+        if args.diagram_only:
+            rows = [sweep_db.flat_row(r) for r in sweep_db.get_runs(conn, hashes, history=False)]
+            print(f"{len(rows)} of the grid's {len(configs)} runs are in {args.db}")
+            if not rows:
+                print("error: none of this grid's runs is in the database: run the sweep first", file=sys.stderr)
+                return 2
+            draw_phase_diagram(None, *args.diagram, path=diagram_path, rows=rows)
+            print(f"wrote {diagram_path}")
+            return 0
+        try:
+            sweep(conn, configs, analyze=args.analyze, save_checkpoints=args.save_checkpoints, show=show)
+        except (Interrupted, KeyboardInterrupt):
+            done = len(sweep_db.get_runs(conn, hashes, history=False))
+            print(f"\nerror: interrupted; {done} of the grid's {len(configs)} runs are stored in {args.db}. "
+                  "Run the same command again to train the rest.", file=sys.stderr)
+            return 130
+        records = sweep_db.get_runs(conn, hashes, history=False)
+    finally:
+        conn.close()
+    rows = [sweep_db.flat_row(r) for r in records]
+    print_tables(rows, ["p", *show], args.analyze)
+    csv_path = out.with_suffix(".csv")
+    sweep_db.export(rows, csv_path, out, {"config": vars(args) | {"base": asdict(base), "grid": sets},
+                                          "db": str(args.db), **provenance()})
+    print(f"wrote {csv_path} and {out} ({len(rows)} runs of this grid, exported from {args.db})")
+    if args.diagram:
+        draw_phase_diagram(None, *args.diagram, path=diagram_path, rows=rows)
+        print(f"wrote {diagram_path}")
     return 0
 
 
