@@ -467,8 +467,9 @@ def findings(summary: dict) -> list[str]:
     if basis is None:
         lines.append(f"No Fourier analysis: {summary['no_basis']}.")
     elif basis["generator"] is not None:
+        how = "a*b = g^(i+j) is addition" if basis["op"] == "add" else "a/b = g^(i-j) is subtraction"
         lines.append(f"Basis: discrete logarithms base g = {basis['generator']} (the smallest primitive root), "
-                     f"so a*b = g^(i+j) is addition over Z_{basis['n']}; frequencies k are over Z_{basis['n']}, "
+                     f"so {how} over Z_{basis['n']}; frequencies k are over Z_{basis['n']}, "
                      f"on the {basis['n']}^2 pairs without a 0 operand.")
     if summary["structure"] == "not applicable":
         lines.append(f"Z_{basis['n']} has only {basis['n'] // 2} frequencies: the key-frequency rule (power >= "

@@ -446,6 +446,10 @@ def test_findings_word_for_word():
         "A sum of cos(w_k(i+j-c)) over them explains 90% of the logits' variance. Restricted loss (key directions "
         "only, pairs without 0) 1e-05 vs 2e-06 unrestricted; excluded loss (key directions removed, train set) 4 "
         "vs train loss 3e-06."]
+    div = mul | {"config": {"p": 7, "op": "div"}, "basis": mul["basis"] | {"op": "sub"}}
+    assert interpretability.findings(div)[1].startswith(
+        "Basis: discrete logarithms base g = 3 (the smallest primitive root), so a/b = g^(i-j) is subtraction over Z_6")
+    assert "cos(w_k(i-j-c))" in interpretability.findings(div)[3]
     summary |= {"structure": "none", "circuit_size": 7, "key_frequencies": [], "key_frequency_candidates": []}
     assert interpretability.findings(summary)[1:] == [
         "No clear frequency structure found: no frequency stands out of the spectrum and matters (expected for an "
