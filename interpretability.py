@@ -17,7 +17,7 @@ import clock_pizza
 import fourier
 import plots
 import transformer_analysis
-from component_ablation import component_ablations
+from component_ablation import component_ablations, embedding_with
 from checkpoint import CheckpointError, load_model
 from dataset import make_table
 from model import cross_entropy_per_row
@@ -265,13 +265,6 @@ def key_frequency_losses(logits, grid, keys: list[int]) -> dict:
             "excluded_loss": excluded_loss, "excluded_acc": excluded_acc}
 
 
-def without_frequencies(model, basis, freqs: list[int]) -> torch.Tensor:
-    """The model's W_E with frequencies (of the basis) projected out of the number tokens' rows."""
-    W_E = model.W_E.detach().clone()
-    W_E[basis.tokens] = fourier.remove_frequencies(basis.table(token_embedding(model)).detach(), freqs)
-    return W_E
-
-
 def frequency_ablation(model, grid, keys: list[int]) -> list[dict]:
     """Accuracy and loss on all pairs after projecting frequencies out of the number tokens'
     embeddings (W_E, in the grid's basis): each key frequency alone, then every non-key frequency at once."""
@@ -280,7 +273,7 @@ def frequency_ablation(model, grid, keys: list[int]) -> list[dict]:
     out = []
     with torch.no_grad():
         for name, freqs in cases:
-            W_E = without_frequencies(model, grid.basis, freqs)
+            W_E = embedding_with(model, grid.basis, freqs, "zero")
             logits = torch.func.functional_call(model, {"W_E": W_E}, (grid.a, grid.b))
             loss, acc = grid.loss_acc(logits)
             out.append({"ablation": name, "frequencies": freqs, "loss": loss, "acc": acc})
