@@ -38,13 +38,18 @@ def handbuilt_model(p: int, keys: list[int], scale: float = 5.0, op: str = "add"
                 W_in[d_embed + 2 * i + 1, n] = -sign * b_sign * math.sin(phi)  # cos(-w b + phi) for sub
                 W_U[n] = sign * scale * torch.cos(w * x + 2 * phi)
                 neuron_freq.append(k)
+    return with_weights(model, W_E, W_in, W_U), neuron_freq
+
+
+def with_weights(model: ToyMLP, W_E, W_in, W_U) -> ToyMLP:
+    """model with these weights and zero biases, in eval mode."""
     with torch.no_grad():
         model.W_E.copy_(W_E)
         model.W_in.copy_(W_in)
         model.b_in.zero_()
         model.W_U.copy_(W_U)
         model.b_U.zero_()
-    return model.eval(), neuron_freq
+    return model.eval()
 
 
 def annotated_model(p: int, keys: list[int], top: int = 5, scale: float = 1.0):
@@ -197,11 +202,4 @@ def pizza_weights(p: int, keys: list[int], directions: int = 32):
 
 def pizza_model(p: int, keys: list[int], directions: int = 32) -> ToyMLP:
     W_E, W_in, W_U = pizza_weights(p, keys, directions)
-    model = ToyMLP(p, W_E.shape[1], W_U.shape[0], activation="relu")
-    with torch.no_grad():
-        model.W_E.copy_(W_E)
-        model.W_in.copy_(W_in)
-        model.b_in.zero_()
-        model.W_U.copy_(W_U)
-        model.b_U.zero_()
-    return model.eval()
+    return with_weights(ToyMLP(p, W_E.shape[1], W_U.shape[0], activation="relu"), W_E, W_in, W_U)
