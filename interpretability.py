@@ -203,7 +203,7 @@ def select_key_frequencies(candidates, neuron_freq, best_fraction, removal: list
     """The key-frequency rule. A candidate stands out of the spectrum (fourier.key_frequencies:
     >= KEY_RATIO x the median power); it is a key frequency only if it matters as well: at least one
     neuron is in its cluster, or removing it from the embedding raises the loss >= REMOVAL_LOSS_RATIO x.
-    removal: frequency_ablation(..., candidates). Returns (keys, evidence per candidate)."""
+    removal: frequency_removal of each candidate alone. Returns (keys, evidence per candidate)."""
     evidence = {}
     for k, case in zip(candidates, removal):
         neurons = sum(1 for f, share in zip(neuron_freq, best_fraction) if f == k and share >= NEURON_FRACTION)
@@ -229,8 +229,9 @@ def fourier_analysis(model, grid) -> dict:
     best_fraction, best = fractions.max(dim=1)
     neuron_freq = (best + 1).tolist()
     candidates = fourier.key_frequencies(hidden_power)
-    keys, evidence = select_key_frequencies(candidates, neuron_freq, best_fraction.tolist(),
-                                            frequency_ablation(model, grid, candidates)[:-1], grid.loss_acc(logits)[0])
+    singles = [frequency_removal(model, grid, [k]) for k in candidates]  # each candidate removed alone
+    keys, evidence = select_key_frequencies(candidates, neuron_freq, best_fraction.tolist(), singles,
+                                            grid.loss_acc(logits)[0])
     assigned = [k if k in keys and f >= NEURON_FRACTION else None for k, f in zip(neuron_freq, best_fraction)]
     in_basis = logits[basis.grid_rows(grid.p)]  # (n*n, p) rows of the position pairs
     explained, alphas = fourier.logit_fit(in_basis[:, basis.tokens], keys, basis.op)
@@ -244,7 +245,7 @@ def fourier_analysis(model, grid) -> dict:
         "neuron_frequency_fraction": best_fraction.tolist(), "neuron_cluster": assigned,
         "logit_variance_explained": explained, "logit_alphas": alphas,
         **key_frequency_losses(logits, grid, keys),
-        "frequency_ablation": frequency_ablation(model, grid, keys),
+        "frequency_ablation": [s for s in singles if s["frequencies"][0] in keys] + [non_key_removal(model, grid, keys)],
     }
 
 
@@ -268,16 +269,20 @@ def key_frequency_losses(logits, grid, keys: list[int]) -> dict:
 def frequency_ablation(model, grid, keys: list[int]) -> list[dict]:
     """Accuracy and loss on all pairs after projecting frequencies out of the number tokens'
     embeddings (W_E, in the grid's basis): each key frequency alone, then every non-key frequency at once."""
-    cases = [(f"remove {k}", [k]) for k in keys]
-    cases.append(("remove all non-key", [k for k in fourier.frequencies(grid.basis.n) if k not in keys]))
-    out = []
+    return [frequency_removal(model, grid, [k]) for k in keys] + [non_key_removal(model, grid, keys)]
+
+
+def frequency_removal(model, grid, freqs: list[int], name: str | None = None) -> dict:
+    """Loss and accuracy on all pairs with freqs projected out of the number tokens' embeddings."""
     with torch.no_grad():
-        for name, freqs in cases:
-            W_E = embedding_with(model, grid.basis, freqs, "zero")
-            logits = torch.func.functional_call(model, {"W_E": W_E}, (grid.a, grid.b))
-            loss, acc = grid.loss_acc(logits)
-            out.append({"ablation": name, "frequencies": freqs, "loss": loss, "acc": acc})
-    return out
+        W_E = embedding_with(model, grid.basis, freqs, "zero")
+        loss, acc = grid.loss_acc(torch.func.functional_call(model, {"W_E": W_E}, (grid.a, grid.b)))
+    return {"ablation": name or f"remove {freqs[0]}", "frequencies": freqs, "loss": loss, "acc": acc}
+
+
+def non_key_removal(model, grid, keys: list[int]) -> dict:
+    freqs = [k for k in fourier.frequencies(grid.basis.n) if k not in keys]
+    return frequency_removal(model, grid, freqs, "remove all non-key")
 
 
 def analyze(model, grid, draws: int = 5, progress: bool = False) -> dict:
