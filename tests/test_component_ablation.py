@@ -67,6 +67,8 @@ def test_toymlp_components_match_weight_surgery():
 
 def test_frequency_components_are_the_frequency_ablation():
     model, _ = handbuilt_model(P, KEYS)
+    with torch.no_grad():  # a token-mean the ablations must keep: a frequency's part averages 0, not the table
+        model.W_E += 0.3 * torch.linspace(-1, 1, model.d_embed)
     grid = grid_for()
     rows = by_name(component_ablations(model, grid, KEYS))
     removal = frequency_ablation(model, grid, KEYS)
@@ -107,16 +109,18 @@ def test_the_analysis_reports_clock_or_pizza(build, expected):
                for line in interpretability.findings(summary))
 
 
-def test_clock_or_pizza_of_mul_reads_the_correct_logit_in_the_log_basis():
+@pytest.mark.parametrize("op", ["mul", "div"])
+def test_clock_or_pizza_of_mul_and_div_reads_the_correct_logit_in_the_log_basis(op):
     """The discrete-log clock's correct logit is the same on every non-zero pair (q = 1 by the constant
-    rule); over raw tokens the 0 pairs (a large class-0 logit) would make it vary."""
-    model, _ = discrete_log_model(P, [5, 17], 2)
-    grid = grid_for(op="mul")
+    rule); over raw tokens the 0 pairs (a large class-0 logit) would make it vary, and so would the
+    wrong class (i + j for div, whose answer is g^(i - j))."""
+    model, _ = discrete_log_model(P, [5, 17], 2, op=op)
+    grid = grid_for(op=op)
     with torch.no_grad():
         logits = model(grid.a, grid.b)
         correct = interpretability.correct_logit_in_basis(logits, grid)
     assert correct.shape == (P - 1, P - 1)
     torch.testing.assert_close(correct, torch.full_like(correct, correct[0, 0].item()))
     with torch.no_grad():
-        summary = summarize(analyze(model, grid, draws=1), "built", {"p": P, "op": "mul"})
+        summary = summarize(analyze(model, grid, draws=1), "built", {"p": P, "op": op})
     assert summary["clock_pizza"]["distance_irrelevance"] == 1.0 and summary["clock_pizza"]["verdict"] == "clock"
