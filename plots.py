@@ -153,7 +153,7 @@ def plot_fourier_spectrum(freqs, embed_power, hidden_power, keys, threshold, pat
             ax.axvspan(k - 0.5, k + 0.5, color="tab:red", alpha=0.12)
         ax.grid(alpha=0.3, axis="y")
     axes[1].axhline(threshold / hidden_power.sum(), color="tab:red", ls="--", lw=1,
-                    label="key-frequency threshold (the rule in analysis_summary.json)")
+                    label="candidate threshold (10x the median): above it and not shaded = dropped, it does not matter")
     for ax in axes:
         ax.legend(fontsize=8, title=f"key frequencies (shaded): {keys or 'none'}", title_fontsize=8,
                   loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
