@@ -112,7 +112,8 @@ class Transformer(nn.Module):
         from_z = z @ (self.W_O.flatten(0, 1) @ torch.cat([self.W_in, self.W_U], 1))  # (batch, d_mlp + p)
         hidden_pre = from_z[:, :self.d_mlp] + (x_eq @ self.W_in + self.b_in)  # (batch, d_mlp)
         direct = from_z[:, self.d_mlp:] + (x_eq + self.b_out) @ self.W_U  # (batch, p)
-        return torch.addmm(direct, self.act(hidden_pre), self.neuron_readout())  # (batch, p)
+        # not torch.addmm: under vmap (batched.py) it rounds differently, a plain matmul and add do not
+        return direct + self.act(hidden_pre) @ self.neuron_readout()  # (batch, p)
 
     def run_with_hooks(self, a, b, hooks: Hooks | None = None, cache: dict | None = None) -> torch.Tensor:
         """The forward pass spelled out over all positions; hooks[name](x) replaces activation `name`
