@@ -5,40 +5,35 @@
     python sweep.py --set train_frac=0.2,0.3,0.5 weight_decay=0.1,0.3,1,3 --seeds 0 1 --diagram train_frac weight_decay
     python sweep.py --arch transformer --analyze     # the transformer with its own defaults
 
-Every finished run is stored at once in results/sweep.sqlite (sweep_db.py), keyed by its settings; running the
-same command again trains only the runs not stored yet, so an interrupted sweep loses at most the run in
-flight. results/sweep.csv and results/sweep.json are exported from the database for this command's grid, and
---diagram draws results/phase_diagram.png (phase_diagram.py). Checkpoints go to a temporary folder per run
-unless --save-checkpoints DIR keeps them in DIR/<config hash>/.
+The grid is cut into chunks (sweep_engine.py): the batched engine (batched.py) trains a chunk's models side by
+side in one process; chunks run in --workers local processes (default: one per CPU core) or as Ray tasks
+(--backend ray). Every finished chunk is stored at once in results/sweep.sqlite (sweep_db.py), keyed by each
+run's settings; running the same command again trains only the runs not stored yet, so an interrupted sweep
+loses at most the chunks in flight. results/sweep.csv and results/sweep.json are exported from the database for
+this command's grid, and --diagram draws results/phase_diagram.png (phase_diagram.py). Checkpoints go to a
+temporary folder unless --save-checkpoints DIR keeps them in DIR/<config hash>/.
 """
 import argparse
 import itertools
 import statistics
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 import sweep_db
-from checkpoint import load_checkpoint
-from phase_diagram import PHASE_RULE, PHASES, draw_phase_diagram, phase_of_row
-from train import ARCH_DEFAULTS, ARCH_FLAGS, Config, NonFiniteLoss, StoppedAtOnce, train, validate
-from utils import OutputDirError, check_output_dir, provenance, resolve_device
+import sweep_engine
+from phase_diagram import PHASE_RULE, PHASES, draw_phase_diagram
+from sweep_engine import Interrupted, SweepError
+from train import ARCH_DEFAULTS, ARCH_FLAGS, Config, validate
+from utils import OutputDirError, check_output_dir, provenance
 
 ROOT = Path(__file__).resolve().parent
-SUMMARY_KEYS = ("memorization_epoch", "grokking_epoch", "grokking_delay", "seconds_to_grok", "epochs_run",
-                "final_train_acc", "final_test_acc", "final_test_loss", "wall_seconds", "ms_per_step",
-                "corrupted_pairs", "clean_train_acc", "corrupted_true_acc", "corrupted_fit_acc")
 # Settings that sweep.py sets itself, and the flag that does it.
 MANAGED = {"p": "--primes", "seed": "--seeds", "arch": "--arch", "checkpoint_dir": "--save-checkpoints",
            "results_dir": "nothing (each run writes its plots into a temporary folder)"}
-
-
-class Interrupted(Exception):
-    """Ctrl-C during a run: the runs before it are stored, that one is not."""
 
 
 def parse_sets(items, allow=()) -> dict[str, list]:
@@ -103,72 +98,32 @@ def is_done(record: dict | None, analyze: bool, save_checkpoints) -> bool:
     return True
 
 
-def run_one(cfg: Config, analyze: bool = False, save_checkpoints=None, commit: str | None = None) -> dict:
-    """Train one configuration (and analyse it); returns its database record (sweep_db.COLUMNS).
-    Raises Interrupted on Ctrl-C."""
-    h = sweep_db.config_hash(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(save_checkpoints) / h if save_checkpoints else Path(tmp) / "checkpoints"
-        cfg = replace(cfg, checkpoint_dir=str(ckpt), results_dir=f"{tmp}/results")
-        history = None
-        try:
-            s = train(cfg, progress=False)
-        except NonFiniteLoss:
-            row, status = {"p": cfg.p, "seed": cfg.seed, "diverged": True}, "diverged"
-        except StoppedAtOnce:
-            raise Interrupted from None
-        else:
-            if s["stopped"] == "interrupted":
-                raise Interrupted
-            row, status = {k: s[k] for k in SUMMARY_KEYS} | {"p": cfg.p, "seed": cfg.seed}, "done"
-            history = load_checkpoint(ckpt / "model_final.pth")["history"]
-            if analyze:
-                row |= analysis_row(cfg)
-    prov = provenance() | {"git_commit": commit, "device": str(resolve_device(cfg.device)),
-                           "engine": "train.train, one run at a time"}
-    return {"config_hash": h, "config_key": sweep_db.config_key(cfg), "config": asdict(cfg), "status": status,
-            "phase": phase_of_row(row), "analyzed": int(analyze and status == "done"), "summary": row,
-            "history": history, "checkpoint": str(ckpt) if save_checkpoints and status == "done" else None,
-            "created": prov["created"], "provenance": prov}
-
-
-def sweep(conn, configs: list[Config], analyze: bool = False, save_checkpoints=None, show=()) -> tuple[int, int]:
-    """Train the configurations not yet done in the database `conn`, storing each as it finishes (one
-    transaction per run). show: the settings to name in each run's line. Returns (trained, skipped)."""
+def sweep(conn, configs: list[Config], analyze: bool = False, save_checkpoints=None, show=(), engine="batched",
+          chunk: int = 0, backend: str = "local", workers: int = 1, threads: int = 1,
+          address: str | None = None) -> tuple[int, int]:
+    """Train the configurations not yet done in the database `conn`, storing each chunk as it finishes (one
+    transaction per chunk; sweep_engine.py cuts the grid and runs it). show: the settings to name in each run's
+    line. Returns (trained, skipped)."""
     stored = {r["config_hash"]: r for r in sweep_db.get_runs(conn, [sweep_db.config_hash(c) for c in configs],
                                                              history=False)}
     todo = [c for c in configs if not is_done(stored.get(sweep_db.config_hash(c)), analyze, save_checkpoints)]
     skipped = len(configs) - len(todo)
+    chunks = sweep_engine.plan_chunks(todo, engine, chunk, analyze)
+    where = (f"Ray ({address or 'a local instance'})" if backend == "ray" else
+             f"{workers} processes x {threads} threads" if workers > 1 and len(chunks) > 1 else "this process")
     print(f"sweep: {len(configs)} runs in the grid; {skipped} already in the database (skipped), "
-          f"{len(todo)} to train", flush=True)
+          f"{len(todo)} to train in {len(chunks)} chunks ({', '.join(sorted({e for e, _ in chunks})) or 'none'} "
+          f"engine) on {where}", flush=True)
     commit = git_commit()
-    for cfg in tqdm(todo, desc="sweep", unit="run", disable=not todo):
-        record = run_one(cfg, analyze, save_checkpoints, commit)
-        sweep_db.put_runs(conn, [record])
-        tqdm.write(format_row(sweep_db.flat_row(record), show))
-        sys.stdout.flush()  # each run's line reaches a log file (nohup) at once
+    with tqdm(total=len(todo), desc="sweep", unit="run", disable=not todo) as bar:
+        for records in sweep_engine.run_chunks(chunks, backend, workers, threads, address, analyze=analyze,
+                                               save_checkpoints=save_checkpoints, commit=commit):
+            sweep_db.put_runs(conn, records)
+            for record in records:
+                bar.write(format_row(sweep_db.flat_row(record), show))
+            bar.update(len(records))
+            sys.stdout.flush()  # each run's line reaches a log file (nohup) at once
     return len(todo), skipped
-
-
-def analysis_row(cfg: Config) -> dict:
-    import interpretability
-    import progress
-
-    summary, _ = interpretability.run(f"{cfg.checkpoint_dir}/model_final.pth", cfg.results_dir, progress=False)
-    replay = progress.run(cfg.checkpoint_dir, cfg.results_dir, progress=False)
-    if summary["basis"] is None:  # no Fourier analysis (mul or div mod a composite): only what needs none
-        return {"basis": None, "circuit_size": summary["circuit_size"], "key_frequencies": []}
-    keep = ("key_frequencies", "key_frequency_candidates", "key_frequency_power_fraction", "circuit_size",
-            "restricted_loss", "excluded_loss", "train_loss", "test_loss", "logit_variance_explained",
-            "neurons_unassigned")
-    row = {k: summary[k] for k in keep} | replay["phases"] | {f"onset_{k}": v for k, v in replay["onsets"].items()}
-    row["basis"] = summary["basis"]["name"]
-    row |= {k: summary["clock_pizza"][k] for k in ("gradient_symmetricity", "distance_irrelevance", "verdict")}
-    row["all_pairs_loss"] = summary["losses"]["all"]["loss"]  # what the restricted loss (all pairs) compares with
-    row["ranking_spearman"] = summary["neuron_importance"]["ranking_agreement"]["spearman"]
-    row["worst_key_frequency_ablation_acc"] = min(r["acc"] for r in summary["frequency_ablation"][:-1])
-    row["non_key_ablation_acc"] = summary["frequency_ablation"][-1]["acc"]
-    return row
 
 
 def _fmt(value) -> str:
@@ -281,6 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw the phase diagram over two swept settings (Config field names) into "
                              "phase_diagram.png beside --out: colour = majority phase over the seeds of a cell, "
                              "text = phase counts, median epoch of 99%% test accuracy and median delay")
+    parser.add_argument("--engine", choices=sweep_engine.ENGINES, default="batched",
+                        help="batched: each chunk's models side by side in one process (batched.py; full batch; "
+                             "saves model_final.pth only); single: train.train one run at a time (always used "
+                             "with --analyze and for minibatch runs). Both give the same numbers on a CPU")
+    parser.add_argument("--chunk", type=int, default=0,
+                        help=f"models per batched chunk, stored together when it finishes; 0 = {sweep_engine.CPU_CHUNK} "
+                             f"on a CPU, as many as fit (up to {sweep_engine.GPU_CHUNK}) on a GPU")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="local processes training chunks at once; 0 = one per CPU core on a CPU, 1 on a GPU")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
+    parser.add_argument("--backend", choices=sweep_engine.BACKENDS, default="local",
+                        help="local: this machine; ray: one Ray task per chunk (pip install -r "
+                             "requirements-cluster.txt), on --address or on a Ray instance started for the sweep")
+    parser.add_argument("--address", default=None,
+                        help="with --backend ray: the head node's HOST:PORT (ray start --head prints it), or auto; "
+                             "default: start a local Ray instance")
     parser.add_argument("--diagram-only", action="store_true",
                         help="train nothing: draw --diagram from the runs of this grid already in --db")
     return parser
@@ -317,6 +288,16 @@ def main(argv=None) -> int:
             parser.error(f"--diagram {x} {y}: the grid also varies {', '.join(others)}, so a cell would mix "
                          "settings; sweep one value of it at a time, or draw slices with "
                          "phase_diagram.py --where")
+    if args.chunk < 0 or args.workers < 0 or args.threads < 1:
+        parser.error("--chunk and --workers must be >= 0 (0 = automatic), --threads >= 1")
+    if args.address and args.backend != "ray":
+        parser.error("--address needs --backend ray")
+    if args.backend == "ray" and not args.diagram_only:
+        try:
+            sweep_engine.check_ray_address(args.address)
+        except SweepError as err:
+            parser.error(str(err))
+    workers = args.workers or sweep_engine.default_workers(base)
     out = Path(args.out)
     try:
         for path, flag in ((out.parent, "--out"), (Path(args.db).parent, "--db")):
@@ -339,7 +320,9 @@ def main(argv=None) -> int:
             print(f"wrote {diagram_path}")
             return 0
         try:
-            sweep(conn, configs, analyze=args.analyze, save_checkpoints=args.save_checkpoints, show=show)
+            sweep(conn, configs, analyze=args.analyze, save_checkpoints=args.save_checkpoints, show=show,
+                  engine=args.engine, chunk=args.chunk, backend=args.backend, workers=workers,
+                  threads=args.threads, address=args.address)
         except (Interrupted, KeyboardInterrupt):
             done = len(sweep_db.get_runs(conn, hashes, history=False))
             print(f"\nerror: interrupted; {done} of the grid's {len(configs)} runs are stored in {args.db}. "

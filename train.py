@@ -154,24 +154,46 @@ def snapshot_epochs(max_epoch: int, every: int) -> set[int]:
     return epochs | set(range(every, max_epoch + 1, every)) | {max_epoch}
 
 
+EVAL_LOGITS = 2**24  # logits per evaluation chunk (64 MB in float32), so evaluating any p fits in memory
+
+
+@torch.no_grad()
+def score_pairs(forward, a, b, y, y_true=None, rows: int = 0):
+    """Per-pair loss (float64) and correctness of forward(a, b) against labels y, and correctness against
+    y_true (or None), over the last dimension of a, b, y in chunks of `rows` pairs (0: one chunk)."""
+    n = a.shape[-1]
+    rows = rows or n
+    parts = []
+    for s in range(0, n, rows):
+        logits = forward(a[..., s:s + rows], b[..., s:s + rows])
+        loss, correct = cross_entropy_per_row(logits, y[..., s:s + rows])
+        parts.append((loss, correct, None if y_true is None else cross_entropy_per_row(logits, y_true[..., s:s + rows])[1]))
+    loss, correct, correct_true = (None if parts[0][i] is None else torch.cat([q[i] for q in parts], -1)
+                                   for i in range(3))
+    return loss, correct, correct_true
+
+
+def eval_rows(p: int, models: int = 1) -> int:
+    return max(1, EVAL_LOGITS // (p * models))
+
+
 @torch.no_grad()
 def evaluate(model, data) -> dict:
-    """Loss and accuracy of each split against the labels trained on (no embedding noise). With
-    corrupted training labels also the train accuracy on the clean pairs (clean_train_acc) and, on
-    the corrupted pairs, against their true labels (noisy_true_acc) and the corrupted ones (noisy_fit_acc)."""
-    out, logits, correct = {}, {}, {}
+    """Loss and accuracy of each split against the labels trained on (no embedding noise), in chunks of
+    pairs. With corrupted training labels also the train accuracy on the clean pairs (clean_train_acc) and,
+    on the corrupted pairs, against their true labels (noisy_true_acc) and the corrupted ones (noisy_fit_acc)."""
+    out, correct, correct_true = {}, {}, {}
+    corrupted = data.corrupted_train
     for split in ("train", "test"):
         a, b, y = data.subset(split)
-        logits[split] = model(a, b)
-        loss, correct[split] = cross_entropy_per_row(logits[split], y)  # precise even for losses ~1e-7
+        y_true = data.subset(split, true_labels=True)[2] if split == "train" and corrupted.any() else None
+        loss, correct[split], correct_true[split] = score_pairs(model, a, b, y, y_true, eval_rows(data.p))
         out[f"{split}_loss"] = loss.mean().item()
         out[f"{split}_acc"] = _share(correct[split])
-    corrupted = data.corrupted_train
     if corrupted.any():
-        y_true = data.subset("train", true_labels=True)[2][corrupted]
         out["clean_train_acc"] = _share(correct["train"][~corrupted])
         out["noisy_fit_acc"] = _share(correct["train"][corrupted])
-        out["noisy_true_acc"] = _share(cross_entropy_per_row(logits["train"][corrupted], y_true)[1])
+        out["noisy_true_acc"] = _share(correct_true["train"][corrupted])
     out["weight_norm"] = sum_squared_weights(model)
     return out
 
@@ -347,6 +369,19 @@ def summarize(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds
     measured against the labels trained on, grokking on the clean test set; with label noise the
     final train accuracy on the clean pairs and, on the corrupted pairs, against the true and the
     corrupted labels (None without corrupted pairs)."""
+    summary = make_summary(cfg, history, epoch, stopped, wall_seconds, step_s, run_id, corrupted_pairs)
+    results = Path(cfg.results_dir)
+    write_json(results / "training_summary.json", summary)
+    plot_training_curves(history, summary["memorization_epoch"], summary["grokking_epoch"],
+                         results / "training_curves.png",
+                         title=f"{ARCH_NAMES[cfg.arch]} on (a {SYMBOLS[cfg.op]} b) mod {cfg.p}: {cfg.train_frac:.0%} train, "
+                               f"lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, seed {cfg.seed}")
+    return summary
+
+
+def make_summary(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds: float, step_s: float,
+                 run_id: str | None, corrupted_pairs: int = 0) -> dict:
+    """The summary dict of a finished run (summarize's, without writing anything)."""
     memorization, grokking = first_epoch_at(history, "train_acc"), first_epoch_at(history, "test_acc")
     summary = {
         "run_id": run_id, "config": asdict(cfg), "seed": cfg.seed, "data_seed": cfg.data_seed, **provenance(),
@@ -364,11 +399,6 @@ def summarize(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds
         "ms_per_step": round(1000 * step_s, 3),
         "checkpoint": str(Path(cfg.checkpoint_dir) / "model_final.pth"),
     }
-    results = Path(cfg.results_dir)
-    write_json(results / "training_summary.json", summary)
-    plot_training_curves(history, memorization, grokking, results / "training_curves.png",
-                         title=f"{ARCH_NAMES[cfg.arch]} on (a {SYMBOLS[cfg.op]} b) mod {cfg.p}: {cfg.train_frac:.0%} train, "
-                               f"lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, seed {cfg.seed}")
     return summary
 
 

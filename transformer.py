@@ -110,8 +110,9 @@ class Transformer(nn.Module):
         z = (pattern[..., None] * values).sum(1).flatten(1)  # (batch, H*dh)
         # resid_mid at "=" is x_eq + z W_O; it feeds the MLP (W_in) and the logits directly (W_U).
         from_z = z @ (self.W_O.flatten(0, 1) @ torch.cat([self.W_in, self.W_U], 1))  # (batch, d_mlp + p)
-        hidden_pre = from_z[:, :self.d_mlp] + (x_eq @ self.W_in + self.b_in)  # (batch, d_mlp)
-        direct = from_z[:, self.d_mlp:] + (x_eq + self.b_out) @ self.W_U  # (batch, p)
+        # Vector-matrix products as a product and a sum: under vmap (batched.py) x @ W rounds differently
+        hidden_pre = from_z[:, :self.d_mlp] + ((x_eq[:, None] * self.W_in).sum(0) + self.b_in)  # (batch, d_mlp)
+        direct = from_z[:, self.d_mlp:] + ((x_eq + self.b_out)[:, None] * self.W_U).sum(0)  # (batch, p)
         # not torch.addmm: under vmap (batched.py) it rounds differently, a plain matmul and add do not
         return direct + self.act(hidden_pre) @ self.neuron_readout()  # (batch, p)
 

@@ -7,9 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+import batched
 import phase_diagram
 import sweep
 import sweep_db
+import sweep_engine
 import train as train_module
 from checkpoint import load_model
 from phase_diagram import draw_phase_diagram, phase, phase_cells, phase_of_history
@@ -19,23 +21,32 @@ from train import Config
 TINY_SETS = ["d_embed=8", "d_hidden=16", "epochs=20", "snapshot_every=10", "checkpoint_every=10"]
 
 
-def run_sweep(tmp_path, *sets, seeds=("0",), extra=()):
-    return sweep.main(["--primes", "11", "--seeds", *seeds, "--set", *TINY_SETS, *sets,
+def run_sweep(tmp_path, *sets, seeds=("0",), extra=(), workers="1"):
+    return sweep.main(["--primes", "11", "--seeds", *seeds, "--set", *TINY_SETS, *sets, "--workers", workers,
                        "--db", str(tmp_path / "sweep.sqlite"), "--out", str(tmp_path / "out/sweep.json"), *extra])
 
 
 @pytest.fixture
 def trained(monkeypatch):
-    """Count the calls of train.train that sweep.py makes; `fail_on` = n makes the n-th call a Ctrl-C."""
+    """Count the runs sweep.py trains (train.train calls, models given to train_batched); `fail_on` = n makes
+    the call that would train the n-th run a Ctrl-C."""
     calls = {"n": 0, "fail_on": None}
 
-    def counting(cfg, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == calls["fail_on"]:
+    def count(n):
+        if calls["fail_on"] is not None and calls["n"] < calls["fail_on"] <= calls["n"] + n:
             raise KeyboardInterrupt
+        calls["n"] += n
+
+    def counting(cfg, *args, **kwargs):
+        count(1)
         return train_module.train(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(sweep, "train", counting)
+    def counting_batched(cfgs, *args, **kwargs):
+        count(len(cfgs))
+        return batched.train_batched(cfgs, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_engine, "train", counting)
+    monkeypatch.setattr(sweep_engine, "train_batched", counting_batched)
     return calls
 
 
@@ -183,19 +194,20 @@ def test_a_second_call_trains_nothing_and_exports_match_the_database(tmp_path, t
 
 
 def test_an_interrupted_sweep_keeps_finished_runs_and_a_rerun_trains_only_the_rest(tmp_path, trained, capsys):
-    trained["fail_on"] = 2  # Ctrl-C in the second of three runs
-    assert run_sweep(tmp_path, seeds=("0", "1", "2")) == 130
-    assert "1 of the grid's 3 runs are stored" in capsys.readouterr().err
-    assert [r["summary"]["seed"] for r in stored(tmp_path)] == [0]
+    trained["fail_on"] = 3  # Ctrl-C in the second chunk (seeds 2, 3) of four runs
+    assert run_sweep(tmp_path, seeds=("0", "1", "2", "3"), extra=("--chunk", "2")) == 130
+    assert "2 of the grid's 4 runs are stored" in capsys.readouterr().err
+    assert sorted(r["summary"]["seed"] for r in stored(tmp_path)) == [0, 1]
     trained["fail_on"], trained["n"] = None, 0
-    assert run_sweep(tmp_path, seeds=("0", "1", "2")) == 0
-    assert trained["n"] == 2  # seeds 1 and 2 only
-    assert sorted(r["summary"]["seed"] for r in stored(tmp_path)) == [0, 1, 2]
+    assert run_sweep(tmp_path, seeds=("0", "1", "2", "3"), extra=("--chunk", "1")) == 0
+    assert trained["n"] == 2  # seeds 2 and 3 only
+    assert sorted(r["summary"]["seed"] for r in stored(tmp_path)) == [0, 1, 2, 3]
 
 
-def test_save_checkpoints_keeps_a_model_that_load_model_opens(tmp_path, trained):
+@pytest.mark.parametrize("engine", ["batched", "single"])
+def test_save_checkpoints_keeps_a_model_that_load_model_opens(tmp_path, trained, engine):
     keep = tmp_path / "kept"
-    assert run_sweep(tmp_path, extra=("--save-checkpoints", str(keep))) == 0
+    assert run_sweep(tmp_path, extra=("--save-checkpoints", str(keep), "--engine", engine)) == 0
     (run,) = stored(tmp_path)
     final = keep / run["config_hash"] / "model_final.pth"
     assert run["checkpoint"] == str(keep / run["config_hash"])
@@ -203,11 +215,11 @@ def test_save_checkpoints_keeps_a_model_that_load_model_opens(tmp_path, trained)
     a = torch.arange(11)
     assert ckpt["config"]["p"] == 11 and model(a, a).shape == (11, 11)
     assert ckpt["history"] == run["history"]
-    assert (keep / run["config_hash"] / "snapshots").is_dir()
-    run_sweep(tmp_path, extra=("--save-checkpoints", str(keep)))
+    assert (keep / run["config_hash"] / "snapshots").is_dir() == (engine == "single")  # batched: model_final only
+    run_sweep(tmp_path, extra=("--save-checkpoints", str(keep), "--engine", engine))
     assert trained["n"] == 1  # stored, with its checkpoints: skipped
     final.unlink()
-    run_sweep(tmp_path, extra=("--save-checkpoints", str(keep)))
+    run_sweep(tmp_path, extra=("--save-checkpoints", str(keep), "--engine", engine))
     assert trained["n"] == 2 and final.is_file()  # asked for checkpoints that are gone: trained again
 
 

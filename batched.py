@@ -1,0 +1,301 @@
+"""The batched engine: N models of one architecture trained side by side in one process.
+
+    from batched import train_batched
+    results = train_batched([Config(seed=s, weight_decay=wd) for s in range(4) for wd in (0.3, 1.0)])
+
+Every parameter gets a leading model dimension (torch.func.stack_module_state); the single-model
+forward of model.py / transformer.py runs under torch.func.vmap, so the model code is the one
+train.py uses. Each model keeps its own init seed, split (data_seed, train_frac: a padded index
+list per model), label noise, embedding noise (its own generator, as in train.py), learning rate,
+weight decay, betas, epoch budget and stop rule; AdamW is applied with per-model settings, in the
+same order of operations as torch.optim.AdamW. Evaluation covers all p*p pairs of every model at
+once (chunked to bound memory) and records per model exactly the history train.py records; a
+model that reaches its stop rule, its epoch budget or a non-finite loss leaves the stack.
+
+What must be equal within one call (BATCH_KEY): the architecture and its widths, p, op, the loss
+precision, the evaluation period and the device. Full batch only (batch_size 0): minibatch runs
+go through train.train one at a time (sweep.py does that). No snapshots or resumable checkpoints:
+an interrupted chunk is trained again; model_final.pth per model on request.
+"""
+import copy
+import math
+import time
+import uuid
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+from tqdm import tqdm
+
+from checkpoint import build_model, save_checkpoint
+from dataset import make_data
+from train import EMBED_NOISE_SEED, LOSS_DTYPES, Config, eval_rows, make_summary, model_config, record, score_pairs
+from utils import first_epoch_at, resolve_device
+
+# Settings every model of one batch shares; the others may differ per model.
+BATCH_KEY = ("arch", "p", "op", "d_embed", "d_hidden", "activation", "d_model", "n_heads", "d_mlp", "loss_dtype",
+             "batch_size", "eval_every", "device")
+EVAL_BYTES = 2**30  # evaluation logits per chunk of pairs, all models together (train.py's chunk while it fits)
+
+
+def batch_key(cfg: Config) -> tuple:
+    return tuple(getattr(cfg, name) for name in BATCH_KEY)
+
+
+def optimizer_settings(cfg: Config) -> tuple:
+    return cfg.lr, cfg.weight_decay, cfg.beta1, cfg.beta2
+
+
+def check_batchable(cfgs: list[Config]) -> None:
+    if not cfgs:
+        raise ValueError("no configurations to train")
+    keys = {batch_key(c) for c in cfgs}
+    if len(keys) > 1:
+        differ = [n for n, *vals in zip(BATCH_KEY, *keys) if len(set(vals)) > 1]
+        raise ValueError(f"one batch must share {', '.join(BATCH_KEY)}; these differ: {', '.join(differ)}")
+    if cfgs[0].batch_size:
+        raise ValueError("the batched engine trains full batch only (batch_size 0); use train.train for minibatches")
+
+
+class Stack:
+    """The models still training: stacked parameters, AdamW state, per-model settings and data."""
+
+    def __init__(self, cfgs: list[Config], device):
+        # Rows sorted by AdamW settings, so the models sharing them are one slice (see adamw);
+        # index[row] is the row's position in the caller's list.
+        order = sorted(range(len(cfgs)), key=lambda i: optimizer_settings(cfgs[i]))
+        self.index = torch.tensor(order, dtype=torch.long)
+        cfgs = [cfgs[i] for i in order]
+        models = []
+        for cfg in cfgs:
+            torch.manual_seed(cfg.seed)  # as train.train: the same initial weights
+            models.append(build_model(model_config(cfg)))
+        self.skeleton = copy.deepcopy(models[0]).to("meta")
+        params, _ = stack_module_state(models)
+        self.names = list(params)
+        self.params = [params[n].detach().to(device).requires_grad_() for n in self.names]
+        self.exp_avg = [torch.zeros_like(w) for w in self.params]
+        self.exp_avg_sq = [torch.zeros_like(w) for w in self.params]
+        self.step = 0
+
+        self.optimizer_settings = [optimizer_settings(c) for c in cfgs]
+        datas = [make_data(c.p, c.op, c.train_frac, c.data_seed, c.label_noise) for c in cfgs]
+        n_pairs = len(datas[0].y)
+        self.a, self.b, self.y = (getattr(datas[0], n).to(device) for n in ("a", "b", "y"))
+        self.y_fit = torch.stack([d.y_fit for d in datas]).to(device)  # (N, n_pairs) labels trained on
+        # Each split as (N, width) indices padded with 0, a mask of the real entries and their count.
+        self.train_idx, self.pad, self.n_train = padded([d.train_idx for d in datas], device)
+        self.test_idx, self.test_pad, self.n_test = padded([d.test_idx for d in datas], device, multiple=16)
+        self.splits = dict(zip(order, ((d.train_idx, d.test_idx) for d in datas)))  # by caller position
+        self.noisy = any(c.label_noise for c in cfgs)
+        self.noise_scale = [c.embed_noise for c in cfgs]
+        self.noise_gens = [torch.Generator().manual_seed(c.seed ^ EMBED_NOISE_SEED) for c in cfgs]
+
+    def __len__(self):
+        return len(self.index)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the stacked models at positions `rows` (a bool mask or indices)."""
+        rows = torch.as_tensor(rows, device=self.y.device)
+        for group in (self.exp_avg, self.exp_avg_sq):
+            group[:] = [t[rows] for t in group]
+        self.params = [w.detach()[rows].requires_grad_() for w in self.params]
+        for name in ("train_idx", "pad", "n_train", "test_idx", "test_pad", "n_test", "y_fit"):
+            setattr(self, name, getattr(self, name)[rows])
+        kept = rows.cpu().nonzero().flatten().tolist() if rows.dtype == torch.bool else rows.cpu().tolist()
+        self.index = self.index[kept]
+        self.optimizer_settings = [self.optimizer_settings[i] for i in kept]
+        self.noise_scale = [self.noise_scale[i] for i in kept]
+        self.noise_gens = [self.noise_gens[i] for i in kept]
+
+    def logits(self, a, b, noise=None, params=None):
+        """(N, batch, p): every model on its own (N, batch) inputs, or on shared (batch,) inputs."""
+        params = self.params if params is None else params
+
+        def one(ws, a, b, noise):
+            return functional_call(self.skeleton, dict(zip(self.names, ws)), (a, b, noise))
+
+        in_dims = (0, 0 if a.dim() == 2 else None, 0 if b.dim() == 2 else None, None if noise is None else 0)
+        return vmap(one, in_dims=in_dims)(params, a, b, noise)
+
+    def embed_noise(self, device):
+        """(N, width, 2, d) per-model noise as train.draw_embed_noise draws it (n_train rows each), or None."""
+        if not any(self.noise_scale):
+            return None
+        d = self.params[self.names.index("W_E")].shape[-1]
+        noise = torch.zeros(len(self), self.train_idx.shape[1], 2, d)
+        for i, (scale, gen) in enumerate(zip(self.noise_scale, self.noise_gens)):
+            if scale:
+                noise[i, :int(self.n_train[i])] = scale * torch.randn(int(self.n_train[i]), 2, d, generator=gen)
+        return noise.to(device)
+
+    def train_step(self, loss_dtype) -> torch.Tensor:
+        """One full-batch AdamW step of every model; returns (N,) losses (non-finite: that model diverged,
+        its update is not applied)."""
+        idx = self.train_idx
+        logits = self.logits(self.a[idx], self.b[idx], self.embed_noise(idx.device))  # (N, width, p)
+        y = self.y_fit.gather(1, idx)
+        ce = F.cross_entropy(logits.to(loss_dtype).flatten(0, 1), y.flatten(), reduction="none").view(idx.shape)
+        losses = torch.where(self.pad, ce, 0).sum(1) / self.n_train  # the mean over each model's own split
+        grads = torch.autograd.grad(losses.sum(), self.params)
+        self.step += 1
+        with torch.no_grad():
+            self.adamw(grads)  # a diverged model's rows turn non-finite; it leaves the stack after this step
+        return losses.detach()
+
+    def adamw(self, grads) -> None:
+        """torch.optim.AdamW's update, its operations with its Python-float scalars, applied to each run of
+        rows sharing (lr, weight_decay, beta1, beta2) (the rows are sorted by them, so each run is a view):
+        a model's weights here equal train.py's bit for bit while their gradients do."""
+        for start, end, (lr, wd, beta1, beta2) in self.optimizer_groups():
+            bias1, bias2 = 1 - beta1**self.step, 1 - beta2**self.step
+            for w, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+                w, g, m, v = w[start:end], g[start:end], m[start:end], v[start:end]
+                w.mul_(1 - lr * wd)
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                w.addcdiv_(m, (v.sqrt() / math.sqrt(bias2)).add_(1e-8), value=-lr / bias1)
+
+    def optimizer_groups(self):
+        """(start, end, settings) for each run of consecutive rows with the same AdamW settings."""
+        rows = self.optimizer_settings
+        start = 0
+        for i in range(1, len(rows) + 1):
+            if i == len(rows) or rows[i] != rows[start]:
+                yield start, i, rows[start]
+                start = i
+
+    @torch.no_grad()
+    def evaluate(self) -> list[dict]:
+        """Per model: the metrics train.evaluate records (same keys, labels and chunks of pairs, so the same
+        numbers while the models fit in one chunk: EVAL_LOGITS logits, more for few models)."""
+        n, p = len(self), self.skeleton.p
+        rows = eval_rows(p) if n * eval_rows(p) * p * 4 <= EVAL_BYTES else eval_rows(p, n)
+        scores = {}
+        for split, idx in (("train", self.train_idx), ("test", self.test_idx)):
+            y = self.y_fit.gather(1, idx) if split == "train" else self.y[idx]
+            y_true = self.y[idx] if split == "train" and self.noisy else None
+            scores[split] = score_pairs(self.logits, self.a[idx], self.b[idx], y, y_true, rows)
+        corrupted = (self.y_fit.gather(1, self.train_idx) != self.y[self.train_idx]) & self.pad
+        norms = sum((w.detach().double() ** 2).flatten(1).sum(1) for w in self.params)
+        out = []
+        for i in range(n):
+            train, test = slice(0, int(self.n_train[i])), slice(0, int(self.n_test[i]))
+            (loss, correct, correct_true), (test_loss, test_correct, _) = scores["train"], scores["test"]
+            m = {"train_loss": loss[i, train].mean().item(), "test_loss": test_loss[i, test].mean().item(),
+                 "train_acc": _share(correct[i, train]), "test_acc": _share(test_correct[i, test])}
+            bad = corrupted[i, train]
+            if bad.any():
+                m["clean_train_acc"] = _share(correct[i, train][~bad])
+                m["noisy_fit_acc"] = _share(correct[i, train][bad])
+                m["noisy_true_acc"] = _share(correct_true[i, train][bad])
+            m["weight_norm"] = norms[i].item()
+            out.append(m)
+        return out
+
+    def state_dict(self, row: int) -> dict:
+        return {n: w[row].detach().cpu().clone() for n, w in zip(self.names, self.params)}
+
+
+def padded(splits: list[torch.Tensor], device, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index lists of different lengths as (N, longest) indices padded with 0 (the width rounded up to a
+    multiple), the mask of real entries, counts."""
+    counts = torch.tensor([len(s) for s in splits])
+    idx = torch.zeros(len(splits), -(-int(counts.max()) // multiple) * multiple, dtype=torch.long)
+    for i, s in enumerate(splits):
+        idx[i, :len(s)] = s
+    pad = torch.arange(idx.shape[1])[None] < counts[:, None]
+    return idx.to(device), pad.to(device), counts.to(device)
+
+
+def _share(flags: torch.Tensor) -> float:
+    return flags.double().mean().item()
+
+
+def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | None = None) -> list[dict]:
+    """Train every configuration in `cfgs` side by side; returns, in the same order, one dict per model:
+    {"status": "done" | "diverged", "summary": train.make_summary's dict, "history": ...}. save_dirs[i],
+    if given, receives model i's model_final.pth (train.py's checkpoint schema)."""
+    check_batchable(cfgs)
+    device = resolve_device(cfgs[0].device)
+    stack = Stack(cfgs, device)
+    loss_dtype = LOSS_DTYPES[cfgs[0].loss_dtype]
+    eval_every = cfgs[0].eval_every
+    histories = [{k: [] for k in ("epoch", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm",
+                                  "seconds")} for _ in cfgs]
+    results: list[dict | None] = [None] * len(cfgs)
+    start = time.perf_counter()
+    step_seconds, model_steps, epoch = 0.0, 0, 0
+    bar = tqdm(total=len(cfgs), desc="models", unit="model", disable=not progress, dynamic_ncols=True)
+
+    def finish(row: int, status: str, stopped: str):
+        i = int(stack.index[row])
+        cfg, history = cfgs[i], histories[i]
+        run_id = uuid.uuid4().hex[:12]
+        summary = None
+        if status == "done":
+            summary = make_summary(cfg, history, epoch, stopped, time.perf_counter() - start,
+                                   step_seconds / max(model_steps, 1), run_id,
+                                   int((stack.y_fit[row] != stack.y)[stack.train_idx[row, :stack.n_train[row]]].sum()))
+            summary |= {"engine": f"batched ({len(cfgs)} models)"}
+            if save_dirs is not None:
+                train_idx, test_idx = stack.splits[i]
+                path = f"{save_dirs[i]}/model_final.pth"
+                summary["checkpoint"] = path
+                save_checkpoint(path, model=stack.state_dict(row), epoch=epoch, history=history,
+                                config=asdict(cfg) | {"model": model_config(cfg)}, run_id=run_id,
+                                train_idx=train_idx, test_idx=test_idx)
+        results[i] = {"status": status, "summary": summary, "history": history}
+        bar.update(1)
+
+    while len(stack):
+        tick = time.perf_counter()
+        losses = stack.train_step(loss_dtype)
+        step_seconds += time.perf_counter() - tick
+        model_steps += len(stack)
+        epoch += 1
+        cfg_rows = [cfgs[int(i)] for i in stack.index]
+        diverged = ~torch.isfinite(losses)
+        last = [epoch >= c.epochs for c in cfg_rows]
+        if epoch % eval_every == 0 or any(last):
+            metrics = stack.evaluate()
+            seconds = time.perf_counter() - start
+            for row, (cfg, m) in enumerate(zip(cfg_rows, metrics)):
+                if (epoch % eval_every == 0 or last[row]) and not diverged[row]:
+                    record(histories[int(stack.index[row])], epoch, m | {"seconds": seconds})
+        leaving = []
+        for row, cfg in enumerate(cfg_rows):
+            history = histories[int(stack.index[row])]
+            grokked = first_epoch_at(history, "test_acc")
+            if diverged[row]:
+                finish(row, "diverged", "non-finite loss")
+            elif cfg.stop_after_grok and grokked is not None and epoch >= cfg.stop_after_grok * grokked:
+                _final_eval(stack, row, history, epoch, start)
+                finish(row, "done", f"reached {cfg.stop_after_grok:g} x the grokking epoch")
+            elif last[row]:
+                finish(row, "done", "epochs")
+            else:
+                continue
+            leaving.append(row)
+        if leaving:
+            stack.keep(torch.tensor([r not in leaving for r in range(len(stack))]))
+    bar.close()
+    return results
+
+
+def _final_eval(stack: Stack, row: int, history: dict, epoch: int, start: float) -> None:
+    """As train.train: a run stopped between evaluations gets one more at its last epoch."""
+    if history["epoch"][-1:] != [epoch]:
+        record(history, epoch, stack.evaluate()[row] | {"seconds": time.perf_counter() - start})
+
+
+def estimate_bytes(cfg: Config, n_models: int) -> int:
+    """Rough peak memory of training n_models of cfg's shape together: parameters with gradient and two
+    AdamW moments, the training forward's activations, the evaluation chunk."""
+    model = build_model(model_config(cfg))
+    n_params = sum(t.numel() for t in model.parameters())
+    width = cfg.d_hidden if cfg.arch == "mlp" else cfg.d_mlp + cfg.d_model
+    n_train = math.ceil(cfg.train_frac * cfg.p**2)
+    per_model = 4 * (4 * n_params + n_train * (3 * width + 3 * cfg.p))
+    return n_models * per_model + EVAL_BYTES
