@@ -3,6 +3,8 @@
     python bench.py                 # ~1-2 min on a 2-core CPU
     python bench.py --seeds 0 1 2 --rounds 7
     python bench.py --arch transformer   # our transformer step against the all-positions forward
+    python bench.py --sweep              # model-steps/s: one model (train.py) vs the batched engine, and
+                                         # (CPU) processes vs threads: how sweep.py spreads runs
 
 Prints: ms per full-batch training step of ToyMLP (per-token tables) and of a naive model
 (nn.Embedding, concatenate, two nn.Linear); ms per epoch of the seed-style DataLoader loop
@@ -10,8 +12,13 @@ Prints: ms per full-batch training step of ToyMLP (per-token tables) and of a na
 seconds to 99% test accuracy with train.py's defaults over several seeds. With --arch transformer:
 ms per full-batch step of the transformer's forward (what the "=" position needs, from per-token
 tables) and of its spelled-out all-positions forward (run_with_hooks: every position, every head,
-as the paper's code computes it), then seconds to grok with the transformer's defaults.
+as the paper's code computes it), then seconds to grok with the transformer's defaults. With --sweep: model-steps per second (one full-batch
+step of one model, evaluation every eval_every epochs included) of train.py's loop and of the batched
+engine at several batch sizes, side by side; on a CPU also the batched engine in one process per core
+(one thread each) against one process with every thread.
 """
+import multiprocessing
+import os
 import argparse
 import statistics
 import sys
@@ -24,12 +31,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from batched import Stack
+from checkpoint import build_model
 from dataset import make_data
 from model import ToyMLP
-from checkpoint import build_model
-from train import (ARCH_DEFAULTS, ARCH_FLAGS, LOSS_DTYPES, Config, make_optimizer, model_config, train,
+from train import (ARCH_DEFAULTS, ARCH_FLAGS, LOSS_DTYPES, Config, evaluate, make_optimizer, model_config, train,
                    train_one_epoch)
-from utils import provenance
+from utils import provenance, resolve_device
 
 
 class NaiveMLP(nn.Module):
@@ -128,14 +136,92 @@ def seconds_to_grok(cfg: Config, seeds) -> list[float]:
     return out
 
 
+def single_rate(cfg: Config, epochs: int) -> float:
+    """Model-steps per second of train.py's loop: full-batch epochs, an evaluation every eval_every."""
+    device = resolve_device(cfg.device)
+    data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed).to(device)
+    model = build_model(model_config(cfg)).to(device)
+    optimizer = make_optimizer(model, cfg)
+
+    def run(n):
+        for epoch in range(1, n + 1):
+            train_one_epoch(model, optimizer, data, True, 0, None, LOSS_DTYPES[cfg.loss_dtype])
+            if epoch % cfg.eval_every == 0:
+                evaluate(model, data)
+
+    return _rate(run, epochs, 1, device)
+
+
+def batched_rate(cfg: Config, n_models: int, epochs: int, threads: int = 0) -> float:
+    """Model-steps per second of the batched engine with n_models (seeds 0..n-1), evaluations included."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(cfg.device)
+    stack = Stack([replace(cfg, seed=s) for s in range(n_models)], device)
+
+    def run(n):
+        for epoch in range(1, n + 1):
+            stack.train_step(LOSS_DTYPES[cfg.loss_dtype])
+            if epoch % cfg.eval_every == 0:
+                stack.evaluate()
+
+    return _rate(run, epochs, n_models, device)
+
+
+def _rate(run, epochs: int, n_models: int, device) -> float:
+    run(5)  # warm-up: allocations, kernel choices
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run(epochs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n_models * epochs / (time.perf_counter() - start)
+
+
+def _pool_rate(args) -> float:
+    return batched_rate(*args)
+
+
+def bench_sweep(cfg: Config, models, epochs: int) -> int:
+    info = provenance()
+    device = resolve_device(cfg.device)
+    cores = len(os.sched_getaffinity(0))
+    print(f"torch {info['versions']['torch']}, {info['threads']} threads, {cores} cores, {info['machine']}, "
+          f"device {device}; {cfg.arch} at p={cfg.p}, {cfg.train_frac:.0%} train, full batch, evaluation every "
+          f"{cfg.eval_every} epochs included; {epochs} epochs per measurement")
+    one = single_rate(cfg, epochs)
+    print(f"one model, train.py's loop:          {one:8.1f} model-steps/s")
+    for n in models:
+        rate = batched_rate(cfg, n, max(epochs // n, 5) if device.type == "cpu" else epochs)
+        print(f"batched engine, {n:4d} models:         {rate:8.1f} model-steps/s  ({rate / one:.2f}x)")
+    if device.type == "cpu" and cores > 1:
+        with multiprocessing.get_context("spawn").Pool(cores) as pool:
+            for n in (1, 4):
+                rates = pool.map(_pool_rate, [(cfg, n, max(epochs // n, 5), 1)] * cores)
+                print(f"{cores} processes x 1 thread, {n} models each: {sum(rates):8.1f} model-steps/s (sum of "
+                      f"{', '.join(f'{r:.1f}' for r in rates)})")
+        print(f"1 process x {cores} threads, 1 model:     {batched_rate(cfg, 1, epochs, cores):8.1f} model-steps/s")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark training speed against naive loops.")
     parser.add_argument("--arch", choices=ARCH_FLAGS, default="mlp", help="mlp (ToyMLP) or transformer")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for time-to-grok")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--steps", type=int, default=20, help="steps per round")
+    parser.add_argument("--sweep", action="store_true", help="model-steps/s: one model vs the batched engine")
+    parser.add_argument("--models", type=int, nargs="+", default=None,
+                        help="with --sweep: batch sizes (default 1 4 16 on a CPU, 1 16 256 1024 on a GPU)")
+    parser.add_argument("--epochs", type=int, default=200, help="with --sweep: epochs per measurement")
+    parser.add_argument("--p", type=int, default=113, help="with --sweep: the modulus")
     args = parser.parse_args(argv)
     cfg = Config(**({"arch": args.arch} | ARCH_DEFAULTS[args.arch]))
+    if args.sweep:
+        cfg = replace(cfg, p=args.p)
+        gpu = resolve_device(cfg.device).type == "cuda"
+        return bench_sweep(cfg, args.models or ([1, 16, 256, 1024] if gpu else [1, 4, 16]), args.epochs)
     if args.arch == "transformer":
         return bench_transformer(cfg, args)
     info = provenance()
