@@ -29,8 +29,9 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from checkpoint import build_model, save_checkpoint
-from dataset import make_data
-from train import EMBED_NOISE_SEED, LOSS_DTYPES, Config, eval_rows, make_summary, model_config, record, score_pairs
+from dataset import make_data, table_size, train_size
+from train import (EMBED_NOISE_SEED, LOSS_DTYPES, Config, eval_rows, make_summary, model_config, record, score_pairs,
+                   step_bytes)
 from utils import first_epoch_at, resolve_device
 
 # Settings every model of one batch shares; the others may differ per model.
@@ -291,11 +292,6 @@ def _final_eval(stack: Stack, row: int, history: dict, epoch: int, start: float)
 
 
 def estimate_bytes(cfg: Config, n_models: int) -> int:
-    """Rough peak memory of training n_models of cfg's shape together: parameters with gradient and two
-    AdamW moments, the training forward's activations, the evaluation chunk."""
-    model = build_model(model_config(cfg))
-    n_params = sum(t.numel() for t in model.parameters())
-    width = cfg.d_hidden if cfg.arch == "mlp" else cfg.d_mlp + cfg.d_model
-    n_train = math.ceil(cfg.train_frac * cfg.p**2)
-    per_model = 4 * (4 * n_params + n_train * (3 * width + 3 * cfg.p))
-    return n_models * per_model + EVAL_BYTES
+    """About the peak memory of training n_models of cfg's shape together (train.step_bytes each) and
+    evaluating them."""
+    return n_models * step_bytes(cfg, train_size(table_size(cfg.p, cfg.op), cfg.train_frac)) + EVAL_BYTES

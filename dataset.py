@@ -58,8 +58,18 @@ def split_indices(n: int, train_frac: float, data_seed: int) -> tuple[torch.Tens
     """A random split of range(n): round(train_frac * n) training indices, the rest for test."""
     gen = torch.Generator().manual_seed(data_seed)
     perm = torch.randperm(n, generator=gen)
-    n_train = min(max(round(train_frac * n), 1), n - 1)
+    n_train = train_size(n, train_frac)
     return perm[:n_train].sort().values, perm[n_train:].sort().values
+
+
+def table_size(p: int, op: str) -> int:
+    """How many pairs make_table(p, op) returns, without building it."""
+    return p * (p - 1) if op == "div" else p * p
+
+
+def train_size(n: int, train_frac: float) -> int:
+    """How many of n pairs split_indices puts in the training split."""
+    return min(max(round(train_frac * n), 1), n - 1)
 
 
 def corrupt_labels(y_train: torch.Tensor, p: int, frac: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

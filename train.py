@@ -11,6 +11,7 @@ results/training_curves.png and results/training_summary.json.
 """
 import argparse
 import math
+import os
 import signal
 import sys
 import time
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
-from dataset import OPS, SYMBOLS, check_args, make_data
+from dataset import OPS, SYMBOLS, check_args, make_data, table_size, train_size
 from model import ACTIVATIONS, activation_function, cross_entropy_per_row, sum_squared_weights
 from plots import plot_training_curves
 from utils import check_output_dir, first_epoch_at, provenance, resolve_device, write_json
@@ -137,6 +138,44 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ValueError(message)
     resolve_device(cfg.device)
+
+
+def step_bytes(cfg: Config, rows: int) -> int:
+    """About the memory one training step on `rows` pairs takes: per pair the logits (float32, their gradient
+    and softmax; float64 copies with --loss-dtype float64) and the hidden activations (pre, post, gradient),
+    plus the parameters with their gradient and AdamW's two moments."""
+    width = cfg.d_hidden if cfg.arch == "mlp" else cfg.d_mlp + 2 * cfg.d_model
+    per_logit = 12 + (16 if cfg.loss_dtype == "float64" else 0)
+    n_params = sum(t.numel() for t in build_model(model_config(cfg)).parameters())
+    return rows * (12 * width + per_logit * cfg.p) + 16 * n_params
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory of a CUDA device, or the memory the OS says is available (MemAvailable) for a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(cfg: Config) -> None:
+    """Raise ValueError, suggesting a --batch-size that fits, if one training step would not fit in memory."""
+    n_train = train_size(table_size(cfg.p, cfg.op), cfg.train_frac)
+    rows = min(cfg.batch_size or n_train, n_train)
+    need = step_bytes(cfg, rows) + 40 * table_size(cfg.p, cfg.op)  # + the table: a, b, y, y_fit, indices
+    device = resolve_device(cfg.device)
+    have = available_bytes(device)
+    if need <= 0.8 * have:
+        return
+    fixed, per_row = step_bytes(cfg, 0) + 40 * table_size(cfg.p, cfg.op), step_bytes(cfg, 1) - step_bytes(cfg, 0)
+    fits = 2 ** max(0, int(math.log2(max(1, (have // 4 - fixed) // per_row))))  # a quarter of what is available
+    what = "a full batch" if rows == n_train else f"--batch-size {rows}"
+    raise ValueError(f"{what} of {rows:,} training pairs at p = {cfg.p} needs about {need / 2**30:.1f} GB for one "
+                     f"step, and {device} has {have / 2**30:.1f} GB available: train in minibatches, e.g. "
+                     f"--batch-size {fits} (about {step_bytes(cfg, fits) / 2**30:.1f} GB per step)")
 
 
 def model_config(cfg: Config) -> dict:
@@ -475,6 +514,7 @@ def main(argv=None) -> int:
     try:
         cfg, resume, args = config_from_args(argv)
         validate(cfg)
+        check_memory(cfg)
         if resume is not None:
             check_unfinished(resume, cfg, args.resume)
         check_output_dir(cfg.checkpoint_dir, "--checkpoint-dir")

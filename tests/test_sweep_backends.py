@@ -1,20 +1,35 @@
 """sweep.py's engines and backends give one table: batched or single engine, one process or a pool, Ray."""
+import os
+import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 
 import sweep
 import sweep_db
+from conftest import ROOT
 
 # Tiny real runs (p = 11, 30 full-batch epochs) over two weight decays and two seeds.
 GRID = ["--primes", "11", "--seeds", "0", "1", "--set", "d_embed=8", "d_hidden=16", "epochs=30",
         "weight_decay=0.5,1", "eval_every=3"]
 
 
-def table(tmp_path, name, *extra) -> dict:
+def on_loopback_only(argv: list[str]) -> int:
+    """Run `python sweep.py argv` in a new network namespace that has only the loopback interface, so
+    every port Ray opens (it listens on all interfaces) is reachable from this machine only."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        pytest.skip("isolating Ray's ports needs root with unshare and ip (CI runs as root)")
+    command = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+               sys.executable, "sweep.py", *argv]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600).returncode
+
+
+def table(tmp_path, name, *extra, run=sweep.main) -> dict:
     """Run the grid into its own database; {config_hash: (phase, summary without timings, history)}."""
     db = tmp_path / f"{name}.sqlite"
-    assert sweep.main([*GRID, "--db", str(db), "--out", str(tmp_path / name / "sweep.json"), *extra]) == 0
+    assert run([*GRID, "--db", str(db), "--out", str(tmp_path / name / "sweep.json"), *extra]) == 0
     conn = sweep_db.connect(db, create=False)
     try:
         runs = sweep_db.get_runs(conn)
@@ -41,8 +56,9 @@ def test_a_pool_of_worker_processes_gives_the_same_table(tmp_path, reference):
 
 def test_the_ray_backend_gives_the_same_table(tmp_path, reference):
     pytest.importorskip("ray")  # requirements-cluster.txt; .ci/run installs it
-    # A local Ray instance on 127.0.0.1 (sweep_engine starts and stops it), two chunks of two models.
-    assert table(tmp_path, "ray", "--backend", "ray", "--chunk", "2") == reference
+    # A local Ray instance (sweep_engine starts and stops it), two chunks of two models, in a network
+    # namespace with nothing but loopback.
+    assert table(tmp_path, "ray", "--backend", "ray", "--chunk", "2", run=on_loopback_only) == reference
 
 
 def test_an_unreachable_ray_address_is_one_error_and_the_database_stays_as_it_was(tmp_path, capsys):
