@@ -21,7 +21,7 @@ from component_ablation import component_ablations, embedding_with
 from checkpoint import CheckpointError, load_model
 from dataset import make_table
 from model import cross_entropy_per_row
-from utils import OutputDirError, check_output_dir, provenance, write_json
+from utils import OutputDirError, available_bytes, check_output_dir, provenance, write_json
 
 ABLATION_KS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -518,10 +518,24 @@ def findings(summary: dict) -> list[str]:
     return lines
 
 
+ANALYSIS_BYTES_PER_P3 = 72  # peak memory / p^3: 2.1 GB measured for ToyMLP at p = 307 (README, "Large p")
+
+
+def check_analysis_memory(p: int) -> None:
+    """Raise CheckpointError (one sentence) if the analysis of a p model would not fit in memory: it holds
+    several (p^2, p) logit tables at once and is not chunked yet, so its memory grows as p^3."""
+    need, have = ANALYSIS_BYTES_PER_P3 * p**3, available_bytes(torch.device("cpu"))
+    if need > 0.8 * have:
+        raise CheckpointError(f"analysing a p = {p} model needs about {need / 2**30:.0f} GB (it grows as p^3; 2.1 GB "
+                              f"measured at p = 307) and this machine has {have / 2**30:.1f} GB available: the "
+                              "analysis is not chunked over the p^2 pairs yet")
+
+
 def run(checkpoint="checkpoints/model_final.pth", results_dir="results", draws: int = 5, progress: bool = True):
     """Analyse a checkpoint and write the JSON files and plots; returns (summary, plot paths)."""
     model, ckpt = load_model(checkpoint)  # raises CheckpointError before anything is written
     cfg = ckpt["config"]
+    check_analysis_memory(cfg["p"])
     grid = Grid(cfg["p"], cfg["op"], ckpt["train_idx"], ckpt["test_idx"])
     steps = tqdm(total=3, desc="analysis", disable=not progress)
     result = analyze(model, grid, draws, progress=progress)

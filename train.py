@@ -11,7 +11,6 @@ results/training_curves.png and results/training_summary.json.
 """
 import argparse
 import math
-import os
 import signal
 import sys
 import time
@@ -27,7 +26,7 @@ from checkpoint import CheckpointError, build_model, load_checkpoint, save_check
 from dataset import OPS, SYMBOLS, check_args, make_data, table_size, train_size
 from model import ACTIVATIONS, activation_function, cross_entropy_per_row, sum_squared_weights
 from plots import plot_training_curves
-from utils import check_output_dir, first_epoch_at, provenance, resolve_device, write_json
+from utils import available_bytes, check_output_dir, first_epoch_at, provenance, resolve_device, write_json
 
 
 def _f(default, help, group):
@@ -148,17 +147,6 @@ def step_bytes(cfg: Config, rows: int) -> int:
     per_logit = 12 + (16 if cfg.loss_dtype == "float64" else 0)
     n_params = sum(t.numel() for t in build_model(model_config(cfg)).parameters())
     return rows * (12 * width + per_logit * cfg.p) + 16 * n_params
-
-
-def available_bytes(device: torch.device) -> int:
-    """Free memory of a CUDA device, or the memory the OS says is available (MemAvailable) for a CPU."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_memory(cfg: Config) -> None:

@@ -31,6 +31,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def available_bytes(device: torch.device) -> int:
+    """Free memory of a CUDA device, or the memory the OS says is available (MemAvailable) for a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def provenance() -> dict:
     """Where a result came from: command line, time and library versions."""
     import matplotlib

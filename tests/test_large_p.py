@@ -52,3 +52,17 @@ def test_chunked_scores_equal_one_pass():
             torch.testing.assert_close(one, many, rtol=1e-6, atol=0)
     loss, correct = cross_entropy_per_row(model(a, b), y)
     assert torch.equal(whole[1], correct) and torch.equal(whole[0], loss)
+
+
+def test_an_analysis_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    import interpretability
+
+    cfg = Config(p=23, d_embed=8, d_hidden=16, epochs=2, checkpoint_dir=str(tmp_path / "c"),
+                 results_dir=str(tmp_path / "r"))
+    train.train(cfg, progress=False)
+    monkeypatch.setattr(interpretability, "available_bytes", lambda device: 10**5)  # 72 * 23^3 B > 0.8 * that
+    code = interpretability.main(["--checkpoint", str(tmp_path / "c/model_final.pth"), "--results-dir",
+                                  str(tmp_path / "analysis"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: analysing a p = 23 model needs about") and err.count("\n") == 1
+    assert not (tmp_path / "analysis").exists()
