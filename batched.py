@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from checkpoint import build_model, save_checkpoint
 from dataset import make_data, table_size, train_size
-from train import (EMBED_NOISE_SEED, LOSS_DTYPES, Config, eval_rows, make_summary, model_config, record, score_pairs,
-                   step_bytes)
-from utils import first_epoch_at, resolve_device
+from train import (EMBED_NOISE_SEED, LOSS_DTYPES, Config, eval_rows, make_summary, model_config, reached_stop_rule,
+                   record, score_pairs, step_bytes)
+from utils import resolve_device
 
 # Settings every model of one batch shares; the others may differ per model.
 BATCH_KEY = ("arch", "p", "op", "d_embed", "d_hidden", "activation", "d_model", "n_heads", "d_mlp", "loss_dtype",
@@ -82,12 +82,13 @@ class Stack:
 
         self.optimizer_settings = [optimizer_settings(c) for c in cfgs]
         datas = [make_data(c.p, c.op, c.train_frac, c.data_seed, c.label_noise) for c in cfgs]
-        n_pairs = len(datas[0].y)
         self.a, self.b, self.y = (getattr(datas[0], n).to(device) for n in ("a", "b", "y"))
         self.y_fit = torch.stack([d.y_fit for d in datas]).to(device)  # (N, n_pairs) labels trained on
         # Each split as (N, width) indices padded with 0, a mask of the real entries and their count.
         self.train_idx, self.pad, self.n_train = padded([d.train_idx for d in datas], device)
-        self.test_idx, self.test_pad, self.n_test = padded([d.test_idx for d in datas], device, multiple=16)
+        # Test widths rounded up to 16 pairs: each model's logits then start where the CPU's matmul gives
+        # the same last bits as train.py's (measured; an odd offset changed them)
+        self.test_idx, _, self.n_test = padded([d.test_idx for d in datas], device, multiple=16)
         self.splits = dict(zip(order, ((d.train_idx, d.test_idx) for d in datas)))  # by caller position
         self.noisy = any(c.label_noise for c in cfgs)
         self.noise_scale = [c.embed_noise for c in cfgs]
@@ -97,28 +98,26 @@ class Stack:
         return len(self.index)
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Keep only the stacked models at positions `rows` (a bool mask or indices)."""
-        rows = torch.as_tensor(rows, device=self.y.device)
+        """Keep only the stacked models where the bool mask `rows` is True."""
+        rows = rows.to(self.y.device)
         for group in (self.exp_avg, self.exp_avg_sq):
             group[:] = [t[rows] for t in group]
         self.params = [w.detach()[rows].requires_grad_() for w in self.params]
-        for name in ("train_idx", "pad", "n_train", "test_idx", "test_pad", "n_test", "y_fit"):
+        for name in ("train_idx", "pad", "n_train", "test_idx", "n_test", "y_fit"):
             setattr(self, name, getattr(self, name)[rows])
-        kept = rows.cpu().nonzero().flatten().tolist() if rows.dtype == torch.bool else rows.cpu().tolist()
+        kept = rows.cpu().nonzero().flatten().tolist()
         self.index = self.index[kept]
         self.optimizer_settings = [self.optimizer_settings[i] for i in kept]
         self.noise_scale = [self.noise_scale[i] for i in kept]
         self.noise_gens = [self.noise_gens[i] for i in kept]
 
-    def logits(self, a, b, noise=None, params=None):
+    def logits(self, a, b, noise=None):
         """(N, batch, p): every model on its own (N, batch) inputs, or on shared (batch,) inputs."""
-        params = self.params if params is None else params
-
         def one(ws, a, b, noise):
             return functional_call(self.skeleton, dict(zip(self.names, ws)), (a, b, noise))
 
         in_dims = (0, 0 if a.dim() == 2 else None, 0 if b.dim() == 2 else None, None if noise is None else 0)
-        return vmap(one, in_dims=in_dims)(params, a, b, noise)
+        return vmap(one, in_dims=in_dims)(self.params, a, b, noise)
 
     def embed_noise(self, device):
         """(N, width, 2, d) per-model noise as train.draw_embed_noise draws it (n_train rows each), or None."""
@@ -132,8 +131,8 @@ class Stack:
         return noise.to(device)
 
     def train_step(self, loss_dtype) -> torch.Tensor:
-        """One full-batch AdamW step of every model; returns (N,) losses (non-finite: that model diverged,
-        its update is not applied)."""
+        """One full-batch AdamW step of every model; returns (N,) losses (a non-finite one: that model
+        diverged; its weights are no longer finite and the caller removes it, the others are unaffected)."""
         idx = self.train_idx
         logits = self.logits(self.a[idx], self.b[idx], self.embed_noise(idx.device))  # (N, width, p)
         y = self.y_fit.gather(1, idx)
@@ -268,10 +267,9 @@ def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | 
         leaving = []
         for row, cfg in enumerate(cfg_rows):
             history = histories[int(stack.index[row])]
-            grokked = first_epoch_at(history, "test_acc")
             if diverged[row]:
                 finish(row, "diverged", "non-finite loss")
-            elif cfg.stop_after_grok and grokked is not None and epoch >= cfg.stop_after_grok * grokked:
+            elif reached_stop_rule(cfg, history, epoch):
                 _final_eval(stack, row, history, epoch, start)
                 finish(row, "done", f"reached {cfg.stop_after_grok:g} x the grokking epoch")
             elif last[row]:
