@@ -148,7 +148,7 @@ def analysis_row(cfg: Config) -> dict:
     row |= {k: summary["clock_pizza"][k] for k in ("gradient_symmetricity", "distance_irrelevance", "verdict")}
     row["all_pairs_loss"] = summary["losses"]["all"]["loss"]  # what the restricted loss (all pairs) compares with
     row["ranking_spearman"] = summary["neuron_importance"]["ranking_agreement"]["spearman"]
-    row["worst_key_frequency_ablation_acc"] = min(r["acc"] for r in summary["frequency_ablation"][:-1])
+    row["worst_key_frequency_ablation_acc"] = min((r["acc"] for r in summary["frequency_ablation"][:-1]), default=None)
     row["non_key_ablation_acc"] = summary["frequency_ablation"][-1]["acc"]
     return row
 

@@ -303,3 +303,11 @@ def test_diagram_draws_hand_made_rows_and_refuses_mixed_settings(tmp_path):
     mixed = hand_rows() + [{"train_frac": 0.2, "weight_decay": 1.0, "seed": 9, "lr": 0.01, "phase": "grokking"}]
     with pytest.raises(ValueError, match="differ in lr"):
         phase_cells(mixed, "train_frac", "weight_decay")
+
+
+def test_analyze_uses_the_single_engine_and_survives_a_model_without_key_frequencies(tmp_path, trained):
+    """20 epochs at p = 11: nothing learned, so no key frequency (min over none used to crash)."""
+    assert run_sweep(tmp_path, extra=("--analyze",)) == 0
+    (run,) = stored(tmp_path)
+    assert run["analyzed"] == 1 and run["provenance"]["engine"].startswith("train.train")
+    assert run["summary"]["key_frequencies"] == [] and run["summary"]["worst_key_frequency_ablation_acc"] is None
