@@ -111,9 +111,10 @@ def sweep(conn, configs: list[Config], analyze: bool = False, save_checkpoints=N
     chunks = sweep_engine.plan_chunks(todo, engine, chunk, analyze)
     where = (f"Ray ({address or 'a local instance'})" if backend == "ray" else
              f"{workers} processes x {threads} threads" if workers > 1 and len(chunks) > 1 else "this process")
+    how = (f" in {len(chunks)} chunks ({', '.join(sorted({e for e, _ in chunks}))} engine) on {where}" if chunks
+           else "")
     print(f"sweep: {len(configs)} runs in the grid; {skipped} already in the database (skipped), "
-          f"{len(todo)} to train in {len(chunks)} chunks ({', '.join(sorted({e for e, _ in chunks})) or 'none'} "
-          f"engine) on {where}", flush=True)
+          f"{len(todo)} to train{how}", flush=True)
     commit = git_commit()
     with tqdm(total=len(todo), desc="sweep", unit="run", disable=not todo) as bar:
         for records in sweep_engine.run_chunks(chunks, backend, workers, threads, address, analyze=analyze,
