@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"on a CPU, as many as fit (up to {sweep_engine.GPU_CHUNK}) on a GPU")
     parser.add_argument("--workers", type=int, default=0,
                         help="local processes training chunks at once; 0 = one per CPU core on a CPU, 1 on a GPU")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per worker process (with one worker the chunks run in this process, "
+                             "with torch's default threads)")
     parser.add_argument("--backend", choices=sweep_engine.BACKENDS, default="local",
                         help="local: this machine; ray: one Ray task per chunk (pip install -r "
                              "requirements-cluster.txt), on --address or on a Ray instance started for the sweep")
