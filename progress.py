@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import fourier
 from checkpoint import CheckpointError, load_model, same_run
-from interpretability import Grid, key_frequency_losses, model_key_frequencies, token_embedding
+from circuit import Grid, key_frequency_losses, model_key_frequencies, token_embedding
 from model import sum_squared_weights
 from plots import plot_progress_measures
 from utils import OutputDirError, check_output_dir, first_epoch_at, provenance, write_json

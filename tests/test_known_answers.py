@@ -287,7 +287,7 @@ def test_findings_do_not_depend_on_the_order_of_the_neurons(perm):
     torch.testing.assert_close(q["mean_ablation_loss_increase"], r["mean_ablation_loss_increase"][perm],
                                rtol=1e-4, atol=1e-7)
     assert perm[q["causal_order"][0]] == r["causal_order"][0] == parts["top"]
-    assert other["circuit_size"] == original["circuit_size"]
+    assert other["circuit_size"] == original["circuit_size"], (original["circuit_keep_acc"], other["circuit_keep_acc"])
 
 
 def test_the_command_line_reports_the_known_answers(tmp_path, capsys):
