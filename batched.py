@@ -8,9 +8,10 @@ forward of model.py / transformer.py runs under torch.func.vmap, so the model co
 train.py uses. Each model keeps its own init seed, split (data_seed, train_frac: a padded index
 list per model), label noise, embedding noise (its own generator, as in train.py), learning rate,
 weight decay, betas, epoch budget and stop rule; AdamW is applied with per-model settings, in the
-same order of operations as torch.optim.AdamW. Evaluation covers all p*p pairs of every model at
-once (chunked to bound memory) and records per model exactly the history train.py records; a
-model that reaches its stop rule, its epoch budget or a non-finite loss leaves the stack.
+same order of operations as torch.optim.AdamW. Evaluation scores every model's own train and test
+pairs with train.score_pairs (chunked to bound memory) and records per model exactly the history
+train.py records; a model that reaches its stop rule, its epoch budget or a non-finite loss leaves
+the stack.
 
 What must be equal within one call (BATCH_KEY): the architecture and its widths, p, op, the loss
 precision, the evaluation period and the device. Full batch only (batch_size 0): minibatch runs
@@ -30,8 +31,8 @@ from tqdm import tqdm
 
 from checkpoint import build_model, save_checkpoint
 from dataset import make_data, table_size, train_size
-from train import (EMBED_NOISE_SEED, LOSS_DTYPES, Config, eval_rows, make_summary, model_config, reached_stop_rule,
-                   record, score_pairs, step_bytes)
+from train import (EMBED_NOISE_SEED, LOSS_DTYPES, Config, eval_rows, make_summary, model_config, new_history,
+                   reached_stop_rule, record, score_pairs, share, step_bytes)
 from utils import resolve_device
 
 # Settings every model of one batch shares; the others may differ per model.
@@ -179,17 +180,17 @@ class Stack:
             scores[split] = score_pairs(self.logits, self.a[idx], self.b[idx], y, y_true, rows)
         corrupted = (self.y_fit.gather(1, self.train_idx) != self.y[self.train_idx]) & self.pad
         norms = sum((w.detach().double() ** 2).flatten(1).sum(1) for w in self.params)
+        (loss, correct, correct_true), (test_loss, test_correct, _) = scores["train"], scores["test"]
         out = []
         for i in range(n):
             train, test = slice(0, int(self.n_train[i])), slice(0, int(self.n_test[i]))
-            (loss, correct, correct_true), (test_loss, test_correct, _) = scores["train"], scores["test"]
             m = {"train_loss": loss[i, train].mean().item(), "test_loss": test_loss[i, test].mean().item(),
-                 "train_acc": _share(correct[i, train]), "test_acc": _share(test_correct[i, test])}
+                 "train_acc": share(correct[i, train]), "test_acc": share(test_correct[i, test])}
             bad = corrupted[i, train]
             if bad.any():
-                m["clean_train_acc"] = _share(correct[i, train][~bad])
-                m["noisy_fit_acc"] = _share(correct[i, train][bad])
-                m["noisy_true_acc"] = _share(correct_true[i, train][bad])
+                m["clean_train_acc"] = share(correct[i, train][~bad])
+                m["noisy_fit_acc"] = share(correct[i, train][bad])
+                m["noisy_true_acc"] = share(correct_true[i, train][bad])
             m["weight_norm"] = norms[i].item()
             out.append(m)
         return out
@@ -209,10 +210,6 @@ def padded(splits: list[torch.Tensor], device, multiple: int = 1) -> tuple[torch
     return idx.to(device), pad.to(device), counts.to(device)
 
 
-def _share(flags: torch.Tensor) -> float:
-    return flags.double().mean().item()
-
-
 def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | None = None) -> list[dict]:
     """Train every configuration in `cfgs` side by side; returns, in the same order, one dict per model:
     {"status": "done" | "diverged", "summary": train.make_summary's dict, "history": ...}. save_dirs[i],
@@ -222,8 +219,7 @@ def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | 
     stack = Stack(cfgs, device)
     loss_dtype = LOSS_DTYPES[cfgs[0].loss_dtype]
     eval_every = cfgs[0].eval_every
-    histories = [{k: [] for k in ("epoch", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm",
-                                  "seconds")} for _ in cfgs]
+    histories = [new_history() for _ in cfgs]
     results: list[dict | None] = [None] * len(cfgs)
     start = time.perf_counter()
     step_seconds, model_steps, epoch = 0.0, 0, 0
@@ -258,6 +254,7 @@ def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | 
         cfg_rows = [cfgs[int(i)] for i in stack.index]
         diverged = ~torch.isfinite(losses)
         last = [epoch >= c.epochs for c in cfg_rows]
+        metrics = None  # this epoch's evaluation of every model in the stack, once computed
         if epoch % eval_every == 0 or any(last):
             metrics = stack.evaluate()
             seconds = time.perf_counter() - start
@@ -270,7 +267,9 @@ def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | 
             if diverged[row]:
                 finish(row, "diverged", "non-finite loss")
             elif reached_stop_rule(cfg, history, epoch):
-                _final_eval(stack, row, history, epoch, start)
+                if history["epoch"][-1:] != [epoch]:  # as train.train: stopped between evaluations, one more
+                    metrics = metrics or stack.evaluate()
+                    record(history, epoch, metrics[row] | {"seconds": time.perf_counter() - start})
                 finish(row, "done", f"reached {cfg.stop_after_grok:g} x the grokking epoch")
             elif last[row]:
                 finish(row, "done", "epochs")
@@ -281,12 +280,6 @@ def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | 
             stack.keep(torch.tensor([r not in leaving for r in range(len(stack))]))
     bar.close()
     return results
-
-
-def _final_eval(stack: Stack, row: int, history: dict, epoch: int, start: float) -> None:
-    """As train.train: a run stopped between evaluations gets one more at its last epoch."""
-    if history["epoch"][-1:] != [epoch]:
-        record(history, epoch, stack.evaluate()[row] | {"seconds": time.perf_counter() - start})
 
 
 def estimate_bytes(cfg: Config, n_models: int) -> int:

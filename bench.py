@@ -12,14 +12,15 @@ Prints: ms per full-batch training step of ToyMLP (per-token tables) and of a na
 seconds to 99% test accuracy with train.py's defaults over several seeds. With --arch transformer:
 ms per full-batch step of the transformer's forward (what the "=" position needs, from per-token
 tables) and of its spelled-out all-positions forward (run_with_hooks: every position, every head,
-as the paper's code computes it), then seconds to grok with the transformer's defaults. With --sweep: model-steps per second (one full-batch
-step of one model, evaluation every eval_every epochs included) of train.py's loop and of the batched
-engine at several batch sizes, side by side; on a CPU also the batched engine in one process per core
-(one thread each) against one process with every thread.
+as the paper's code computes it), then seconds to grok with the transformer's defaults.
+With --sweep: model-steps per second (one full-batch step of one model, evaluation every eval_every
+epochs included) of train.py's loop and of the batched engine at several batch sizes, side by side;
+on a CPU also the batched engine in one process per core (one thread each) against one process with
+every thread.
 """
+import argparse
 import multiprocessing
 import os
-import argparse
 import statistics
 import sys
 import tempfile

@@ -151,14 +151,16 @@ def step_bytes(cfg: Config, rows: int) -> int:
 
 def check_memory(cfg: Config) -> None:
     """Raise ValueError, suggesting a --batch-size that fits, if one training step would not fit in memory."""
-    n_train = train_size(table_size(cfg.p, cfg.op), cfg.train_frac)
+    n_pairs = table_size(cfg.p, cfg.op)
+    n_train = train_size(n_pairs, cfg.train_frac)
     rows = min(cfg.batch_size or n_train, n_train)
-    need = step_bytes(cfg, rows) + 40 * table_size(cfg.p, cfg.op)  # + the table: a, b, y, y_fit, indices
+    table = 40 * n_pairs  # the data: a, b, y, y_fit and the split's indices
+    need = step_bytes(cfg, rows) + table
     device = resolve_device(cfg.device)
     have = available_bytes(device)
     if need <= 0.8 * have:
         return
-    fixed, per_row = step_bytes(cfg, 0) + 40 * table_size(cfg.p, cfg.op), step_bytes(cfg, 1) - step_bytes(cfg, 0)
+    fixed, per_row = step_bytes(cfg, 0) + table, step_bytes(cfg, 1) - step_bytes(cfg, 0)
     fits = 2 ** max(0, int(math.log2(max(1, (have // 4 - fixed) // per_row))))  # a quarter of what is available
     what = "a full batch" if rows == n_train else f"--batch-size {rows}"
     raise ValueError(f"{what} of {rows:,} training pairs at p = {cfg.p} needs about {need / 2**30:.1f} GB for one "
@@ -216,17 +218,24 @@ def evaluate(model, data) -> dict:
         y_true = data.subset(split, true_labels=True)[2] if split == "train" and corrupted.any() else None
         loss, correct[split], correct_true[split] = score_pairs(model, a, b, y, y_true, eval_rows(data.p))
         out[f"{split}_loss"] = loss.mean().item()
-        out[f"{split}_acc"] = _share(correct[split])
+        out[f"{split}_acc"] = share(correct[split])
     if corrupted.any():
-        out["clean_train_acc"] = _share(correct["train"][~corrupted])
-        out["noisy_fit_acc"] = _share(correct["train"][corrupted])
-        out["noisy_true_acc"] = _share(correct_true["train"][corrupted])
+        out["clean_train_acc"] = share(correct["train"][~corrupted])
+        out["noisy_fit_acc"] = share(correct["train"][corrupted])
+        out["noisy_true_acc"] = share(correct_true["train"][corrupted])
     out["weight_norm"] = sum_squared_weights(model)
     return out
 
 
-def _share(flags: torch.Tensor) -> float:
+def share(flags: torch.Tensor) -> float:
+    """The fraction of True flags, as a float."""
     return flags.double().mean().item()
+
+
+def new_history() -> dict:
+    """An empty run history; seconds: wall time since the run began (all sessions). The label-noise keys
+    arrive with the first evaluation (record)."""
+    return {k: [] for k in ("epoch", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm", "seconds")}
 
 
 def draw_embed_noise(model, n: int, scale: float, generator: torch.Generator, device) -> torch.Tensor:
@@ -309,8 +318,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
         run_id = resume.get("run_id")
     else:
         run_id = uuid.uuid4().hex[:12]
-        history = {k: [] for k in ("epoch", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm",
-                                   "seconds")}  # seconds: wall time since the run began (all sessions)
+        history = new_history()
         start_epoch, step_seconds = 0, 0.0
         for old in (ckpt_dir / "snapshots").glob("epoch_*.pth"):
             old.unlink()  # snapshots of an earlier run would mix with this one's
