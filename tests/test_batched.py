@@ -56,7 +56,12 @@ def test_padded_splits_of_different_sizes_stay_within_1e5_after_a_step():
     stack = Stack(cfgs, "cpu")
     for i, (train_idx, _) in stack.splits.items():
         assert torch.equal(train_idx, make_data(23, "add", cfgs[i].train_frac, 598).train_idx)
-    stack.train_step(torch.float32)
+    losses = stack.train_step(torch.float32)  # each the mean over the model's own split, not the padded width
+    for row, i in enumerate(stack.index.tolist()):
+        torch.manual_seed(cfgs[i].seed)
+        a, b, y = make_data(23, "add", cfgs[i].train_frac, 598).subset("train")
+        solo_loss = torch.nn.functional.cross_entropy(build_model(model_config(cfgs[i]))(a, b), y)
+        torch.testing.assert_close(losses[row], solo_loss, rtol=1e-6, atol=0)
     for row, i in enumerate(stack.index.tolist()):
         solo = solo_weights(cfgs[i], 1)
         for name, w in zip(stack.names, stack.params):
