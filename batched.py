@@ -33,7 +33,7 @@ from checkpoint import build_model, save_checkpoint
 from dataset import make_data, table_size, train_size
 from train import (EMBED_NOISE_SEED, LOSS_DTYPES, Config, eval_rows, make_summary, model_config, new_history,
                    reached_stop_rule, record, score_pairs, share, step_bytes)
-from utils import resolve_device
+from utils import ACCURACY_BAR, resolve_device
 
 # Settings every model of one batch shares; the others may differ per model.
 BATCH_KEY = ("arch", "p", "op", "d_embed", "d_hidden", "activation", "d_model", "n_heads", "d_mlp", "loss_dtype",
@@ -67,7 +67,7 @@ class Stack:
         # Rows sorted by AdamW settings, so the models sharing them are one slice (see adamw);
         # index[row] is the row's position in the caller's list.
         order = sorted(range(len(cfgs)), key=lambda i: optimizer_settings(cfgs[i]))
-        self.index = torch.tensor(order, dtype=torch.long)
+        self.index = order
         cfgs = [cfgs[i] for i in order]
         models = []
         for cfg in cfgs:
@@ -91,6 +91,11 @@ class Stack:
         # the same last bits as train.py's (measured; an odd offset changed them)
         self.test_idx, _, self.n_test = padded([d.test_idx for d in datas], device, multiple=16)
         self.splits = dict(zip(order, ((d.train_idx, d.test_idx) for d in datas)))  # by caller position
+        # One split for every model (seeds and optimizer settings differ, the data does not): the pairs are
+        # then fed once, unbatched; vmap turns a lookup with per-model indices into a gather reading an
+        # index per output number, 2.5x the bytes of the lookup itself (measured on a GPU).
+        self.shared = all(torch.equal(d.train_idx, datas[0].train_idx) and torch.equal(d.test_idx, datas[0].test_idx)
+                          for d in datas)
         self.noisy = any(c.label_noise for c in cfgs)
         self.noise_scale = [c.embed_noise for c in cfgs]
         self.noise_gens = [torch.Generator().manual_seed(c.seed ^ EMBED_NOISE_SEED) for c in cfgs]
@@ -107,10 +112,15 @@ class Stack:
         for name in ("train_idx", "pad", "n_train", "test_idx", "n_test", "y_fit"):
             setattr(self, name, getattr(self, name)[rows])
         kept = rows.cpu().nonzero().flatten().tolist()
-        self.index = self.index[kept]
+        self.index = [self.index[i] for i in kept]
         self.optimizer_settings = [self.optimizer_settings[i] for i in kept]
         self.noise_scale = [self.noise_scale[i] for i in kept]
         self.noise_gens = [self.noise_gens[i] for i in kept]
+
+    def pairs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The operands a, b of the (N, width) index lists idx: (width,) each when every model has the same split."""
+        idx = idx[0] if self.shared else idx
+        return self.a[idx], self.b[idx]
 
     def logits(self, a, b, noise=None):
         """(N, batch, p): every model on its own (N, batch) inputs, or on shared (batch,) inputs."""
@@ -135,7 +145,7 @@ class Stack:
         """One full-batch AdamW step of every model; returns (N,) losses (a non-finite one: that model
         diverged; its weights are no longer finite and the caller removes it, the others are unaffected)."""
         idx = self.train_idx
-        logits = self.logits(self.a[idx], self.b[idx], self.embed_noise(idx.device))  # (N, width, p)
+        logits = self.logits(*self.pairs(idx), self.embed_noise(idx.device))  # (N, width, p)
         y = self.y_fit.gather(1, idx)
         ce = F.cross_entropy(logits.to(loss_dtype).flatten(0, 1), y.flatten(), reduction="none").view(idx.shape)
         losses = torch.where(self.pad, ce, 0).sum(1) / self.n_train  # the mean over each model's own split
@@ -170,28 +180,36 @@ class Stack:
     @torch.no_grad()
     def evaluate(self) -> list[dict]:
         """Per model: the metrics train.evaluate records (same keys, labels and chunks of pairs, so the same
-        numbers while the models fit in one chunk: EVAL_LOGITS logits, more for few models)."""
+        numbers while train.py's chunk of EVAL_LOGITS logits fits EVAL_BYTES for all models; beyond that, chunks
+        of EVAL_BYTES). Reduced on the device and copied to the host once (a GPU waits once per evaluation,
+        not once per model)."""
         n, p = len(self), self.skeleton.p
-        rows = eval_rows(p) if n * eval_rows(p) * p * 4 <= EVAL_BYTES else eval_rows(p, n)
+        rows = eval_rows(p) if n * eval_rows(p) * p * 4 <= EVAL_BYTES else max(1, EVAL_BYTES // (4 * p * n))
         scores = {}
         for split, idx in (("train", self.train_idx), ("test", self.test_idx)):
             y = self.y_fit.gather(1, idx) if split == "train" else self.y[idx]
             y_true = self.y[idx] if split == "train" and self.noisy else None
-            scores[split] = score_pairs(self.logits, self.a[idx], self.b[idx], y, y_true, rows)
-        corrupted = (self.y_fit.gather(1, self.train_idx) != self.y[self.train_idx]) & self.pad
-        norms = sum((w.detach().double() ** 2).flatten(1).sum(1) for w in self.params)
+            scores[split] = score_pairs(self.logits, *self.pairs(idx), y, y_true, rows)
         (loss, correct, correct_true), (test_loss, test_correct, _) = scores["train"], scores["test"]
+        test_pad = torch.arange(self.test_idx.shape[1], device=self.y.device)[None] < self.n_test[:, None]
+        corrupted = (self.y_fit.gather(1, self.train_idx) != self.y[self.train_idx]) & self.pad
+
+        def mean(values, mask):  # per model over its own pairs, in float64 as train.evaluate
+            return torch.where(mask, values.double(), 0).sum(1) / mask.sum(1).clamp(min=1)
+
+        columns = {"train_loss": mean(loss, self.pad), "test_loss": mean(test_loss, test_pad),
+                   "train_acc": mean(correct, self.pad), "test_acc": mean(test_correct, test_pad)}
+        if self.noisy:
+            columns |= {"clean_train_acc": mean(correct, self.pad & ~corrupted), "noisy_fit_acc": mean(correct, corrupted),
+                        "noisy_true_acc": mean(correct_true, corrupted), "has_noise": corrupted.any(1).double()}
+        columns["weight_norm"] = sum((w.detach().double() ** 2).flatten(1).sum(1) for w in self.params)
+        table = torch.stack(list(columns.values()), 1).cpu().tolist()
         out = []
-        for i in range(n):
-            train, test = slice(0, int(self.n_train[i])), slice(0, int(self.n_test[i]))
-            m = {"train_loss": loss[i, train].mean().item(), "test_loss": test_loss[i, test].mean().item(),
-                 "train_acc": share(correct[i, train]), "test_acc": share(test_correct[i, test])}
-            bad = corrupted[i, train]
-            if bad.any():
-                m["clean_train_acc"] = share(correct[i, train][~bad])
-                m["noisy_fit_acc"] = share(correct[i, train][bad])
-                m["noisy_true_acc"] = share(correct_true[i, train][bad])
-            m["weight_norm"] = norms[i].item()
+        for values in table:
+            m = dict(zip(columns, values))
+            if not m.pop("has_noise", 0):  # as train.evaluate: the label-noise keys only for a model with corrupted pairs
+                for key in ("clean_train_acc", "noisy_fit_acc", "noisy_true_acc"):
+                    m.pop(key, None)
             out.append(m)
         return out
 
@@ -226,7 +244,7 @@ def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | 
     bar = tqdm(total=len(cfgs), desc="models", unit="model", disable=not progress, dynamic_ncols=True)
 
     def finish(row: int, status: str, stopped: str):
-        i = int(stack.index[row])
+        i = stack.index[row]
         cfg, history = cfgs[i], histories[i]
         run_id = uuid.uuid4().hex[:12]
         summary = None
@@ -245,28 +263,31 @@ def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | 
         results[i] = {"status": status, "summary": summary, "history": history}
         bar.update(1)
 
+    grokked: dict[int, int] = {}  # model -> its grokking epoch, once it has one (the stop rule's input)
     while len(stack):
         tick = time.perf_counter()
-        losses = stack.train_step(loss_dtype)
+        losses = stack.train_step(loss_dtype).cpu()  # on a GPU: the step's one wait for the device
         step_seconds += time.perf_counter() - tick
         model_steps += len(stack)
         epoch += 1
-        cfg_rows = [cfgs[int(i)] for i in stack.index]
-        diverged = ~torch.isfinite(losses)
+        cfg_rows = [cfgs[i] for i in stack.index]
+        diverged = (~torch.isfinite(losses)).tolist()
         last = [epoch >= c.epochs for c in cfg_rows]
         metrics = None  # this epoch's evaluation of every model in the stack, once computed
         if epoch % eval_every == 0 or any(last):
             metrics = stack.evaluate()
             seconds = time.perf_counter() - start
-            for row, (cfg, m) in enumerate(zip(cfg_rows, metrics)):
+            for row, (i, m) in enumerate(zip(stack.index, metrics)):
                 if (epoch % eval_every == 0 or last[row]) and not diverged[row]:
-                    record(histories[int(stack.index[row])], epoch, m | {"seconds": seconds})
+                    record(histories[i], epoch, m | {"seconds": seconds})
+                    if i not in grokked and m["test_acc"] >= ACCURACY_BAR:
+                        grokked[i] = epoch
         leaving = []
-        for row, cfg in enumerate(cfg_rows):
-            history = histories[int(stack.index[row])]
+        for row, (i, cfg) in enumerate(zip(stack.index, cfg_rows)):
+            history = histories[i]
             if diverged[row]:
                 finish(row, "diverged", "non-finite loss")
-            elif reached_stop_rule(cfg, history, epoch):
+            elif reached_stop_rule(cfg, grokked.get(i), epoch):
                 if history["epoch"][-1:] != [epoch]:  # as train.train: stopped between evaluations, one more
                     metrics = metrics or stack.evaluate()
                     record(history, epoch, metrics[row] | {"seconds": time.perf_counter() - start})

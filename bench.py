@@ -36,8 +36,8 @@ from batched import Stack
 from checkpoint import build_model
 from dataset import make_data
 from model import ToyMLP
-from train import (ARCH_DEFAULTS, ARCH_FLAGS, LOSS_DTYPES, Config, evaluate, make_optimizer, model_config, train,
-                   train_one_epoch)
+from train import (ARCH_DEFAULTS, ARCH_FLAGS, LOSS_DTYPES, CapturedStep, Config, evaluate, make_optimizer,
+                   model_config, train, train_one_epoch)
 from utils import provenance, resolve_device
 
 
@@ -137,16 +137,23 @@ def seconds_to_grok(cfg: Config, seeds) -> list[float]:
     return out
 
 
-def single_rate(cfg: Config, epochs: int) -> float:
-    """Model-steps per second of train.py's loop: full-batch epochs, an evaluation every eval_every."""
+def single_rate(cfg: Config, epochs: int, graph: bool = True) -> float:
+    """Model-steps per second of train.py's loop: full-batch epochs, an evaluation every eval_every. On CUDA
+    its step is a CUDA graph replay (train.CapturedStep), or with graph=False the eager step."""
     device = resolve_device(cfg.device)
     data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed).to(device)
     model = build_model(model_config(cfg)).to(device)
-    optimizer = make_optimizer(model, cfg)
+    graph = graph and device.type == "cuda"
+    optimizer = make_optimizer(model, cfg, capturable=graph)
+    loss_dtype = LOSS_DTYPES[cfg.loss_dtype]
+    captured = CapturedStep(model, optimizer, data, loss_dtype) if graph else None
 
     def run(n):
         for epoch in range(1, n + 1):
-            train_one_epoch(model, optimizer, data, True, 0, None, LOSS_DTYPES[cfg.loss_dtype])
+            if captured:
+                captured()
+            else:
+                train_one_epoch(model, optimizer, data, True, 0, None, loss_dtype)
             if epoch % cfg.eval_every == 0:
                 evaluate(model, data)
 
@@ -192,7 +199,10 @@ def bench_sweep(cfg: Config, models, epochs: int) -> int:
           f"device {device}; {cfg.arch} at p={cfg.p}, {cfg.train_frac:.0%} train, full batch, evaluation every "
           f"{cfg.eval_every} epochs included; {epochs} epochs per measurement")
     one = single_rate(cfg, epochs)
-    print(f"one model, train.py's loop:          {one:8.1f} model-steps/s")
+    print(f"one model, train.py's loop:          {one:8.1f} model-steps/s  ({1e3 / one:.3f} ms per step)")
+    if device.type == "cuda":
+        eager = single_rate(cfg, epochs, graph=False)
+        print(f"one model, eager step (no CUDA graph): {eager:6.1f} model-steps/s  ({1e3 / eager:.3f} ms per step)")
     for n in models:
         rate = batched_rate(cfg, n, max(epochs // n, 5) if device.type == "cpu" else epochs)
         print(f"batched engine, {n:4d} models:         {rate:8.1f} model-steps/s  ({rate / one:.2f}x)")

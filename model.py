@@ -72,9 +72,8 @@ class ToyMLP(nn.Module):
         """Logits; embed_noise (batch, 2, d_embed), if given, is added to embed_a and embed_b
         (training with --embed-noise), exactly as run_with_hooks with hooks adding it there."""
         table_a, table_b = self.token_tables()
-        # b_in is added to the small (p, d_hidden) table rather than to the (batch, d_hidden) sum;
-        # F.embedding is the gather whose backward is fast on CPU (plain indexing's is ~4x slower).
-        hidden_pre = F.embedding(a, table_a + self.b_in) + F.embedding(b, table_b)  # (batch, d_hidden)
+        # b_in is added to the small (p, d_hidden) table rather than to the (batch, d_hidden) sum
+        hidden_pre = lookup(table_a + self.b_in, a) + lookup(table_b, b)  # (batch, d_hidden)
         if embed_noise is not None:  # [W_E[a] + n_a, W_E[b] + n_b] @ W_in = the tables' rows + [n_a, n_b] @ W_in
             hidden_pre = hidden_pre + embed_noise.flatten(1) @ self.W_in
         hidden_post = self.act(hidden_pre)
@@ -135,6 +134,13 @@ def ablate_neurons(neurons, mode: str = "zero", mean: torch.Tensor | None = None
 def patch(value: torch.Tensor):
     """A hook that replaces an activation by `value` (for example one cached on other inputs)."""
     return lambda x: value.to(x).expand_as(x)
+
+
+def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The rows table[index]: F.embedding on a CPU, whose backward is fast there (plain indexing's is ~4x
+    slower); index_select on a GPU, whose backward (index_add) a CUDA graph can capture (F.embedding's
+    backward sorts beyond 3,072 indices and waits for the GPU in the middle, which capture forbids)."""
+    return F.embedding(index, table) if table.device.type == "cpu" else table.index_select(0, index)
 
 
 def cross_entropy_per_row(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

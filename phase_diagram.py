@@ -181,7 +181,9 @@ def diagram_title(rows: list[dict], x: str, y: str) -> str:
     what = ARCH_NAMES.get(arch, "runs") if arch else "runs"
     task = f" on (a {SYMBOLS.get(op, op)} b) mod {p}" if op and p is not None and "p" not in (x, y) else ""
     seeds = sorted({r.get("seed") for r in rows if r.get("seed") is not None})
-    per_cell = f", {len(seeds)} seeds per cell ({', '.join(map(str, seeds))})" if seeds else ""
+    listed = (f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 3 and seeds == list(range(seeds[0], seeds[-1] + 1))
+              else ", ".join(map(str, seeds[:8])) + (", ..." if len(seeds) > 8 else ""))
+    per_cell = f", {len(seeds)} seeds per cell ({listed})" if seeds else ""
     return f"Phases of {what}{task} over {x} × {y}{per_cell}"
 
 

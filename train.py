@@ -202,8 +202,8 @@ def score_pairs(forward, a, b, y, y_true=None, rows: int = 0):
     return loss, correct, correct_true
 
 
-def eval_rows(p: int, models: int = 1) -> int:
-    return max(1, EVAL_LOGITS // (p * models))
+def eval_rows(p: int) -> int:
+    return max(1, EVAL_LOGITS // p)
 
 
 @torch.no_grad()
@@ -284,9 +284,67 @@ class _DeferredInterrupt:
         signal.signal(signal.SIGINT, self.previous)
 
 
-def make_optimizer(model, cfg: Config) -> torch.optim.AdamW:
+def make_optimizer(model, cfg: Config, capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW with the run's settings; capturable (CUDA only): its step count lives on the GPU, so a CUDA
+    graph can replay its update (CapturedStep)."""
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             betas=(cfg.beta1, cfg.beta2))
+                             betas=(cfg.beta1, cfg.beta2), capturable=capturable)
+
+
+def load_optimizer_state(optimizer: torch.optim.AdamW, state: dict) -> None:
+    """optimizer.load_state_dict, keeping this optimizer's own `capturable` (a checkpoint written by a CUDA
+    graph run resumes on a CPU and the reverse) with each step count where that setting wants it."""
+    capturable = optimizer.param_groups[0]["capturable"]
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["capturable"] = capturable
+        for w in group["params"]:
+            if "step" in optimizer.state.get(w, {}):
+                step = optimizer.state[w]["step"]
+                optimizer.state[w]["step"] = step.to(w.device if capturable else "cpu", torch.float32)
+
+
+class CapturedStep:
+    """train_one_epoch's full-batch step for CUDA: WARMUP steps run eagerly on a side stream (real steps of the
+    run; CUDA graphs need their allocations and library handles made first), then one step is captured in a
+    CUDA graph and every later call replays it: the same kernels on the same tensors, without Python's and
+    the launcher's cost per kernel. The optimizer must be capturable. Not for minibatches or embedding noise
+    (their inputs change every step). Returns the step's loss; a non-finite one raises NonFiniteLoss (after
+    the update, unlike the eager loop: the run stops either way and nothing later is saved)."""
+    WARMUP = 3
+
+    def __init__(self, model, optimizer, data, loss_dtype):
+        self.model, self.optimizer, self.loss_dtype = model, optimizer, loss_dtype
+        self.a, self.b, self.y = data.subset("train")
+        self.graph, self.loss, self.eager_steps = None, None, 0
+
+    def _step(self) -> torch.Tensor:
+        loss = F.cross_entropy(self.model(self.a, self.b).to(self.loss_dtype), self.y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def __call__(self) -> float:
+        if self.graph is None and self.eager_steps >= self.WARMUP:
+            self.graph = torch.cuda.CUDAGraph()
+            self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the gradients it fills
+            with torch.cuda.graph(self.graph):
+                self.loss = self._step()
+        if self.graph is not None:
+            self.graph.replay()
+            loss = self.loss
+        else:
+            side = torch.cuda.Stream(self.a.device)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            self.eager_steps += 1
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"loss became {value}")
+        return value
 
 
 def restore(resume: dict, data, model, optimizer, batch_gen, noise_gen) -> tuple[dict, int, float]:
@@ -295,7 +353,7 @@ def restore(resume: dict, data, model, optimizer, batch_gen, noise_gen) -> tuple
     if not torch.equal(resume["train_idx"], data.train_idx.cpu()):
         raise CheckpointError("the checkpoint's train/test split differs from the one its config builds")
     model.load_state_dict(resume["model"], strict=True)
-    optimizer.load_state_dict(resume["optimizer"])
+    load_optimizer_state(optimizer, resume["optimizer"])
     torch.set_rng_state(resume["rng"]["torch"])
     batch_gen.set_state(resume["rng"]["batches"])
     if "embed_noise" in resume["rng"]:
@@ -309,7 +367,9 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed, cfg.label_noise).to(device)
     torch.manual_seed(cfg.seed)
     model = build_model(model_config(cfg)).to(device)
-    optimizer = make_optimizer(model, cfg)
+    full_batch = cfg.batch_size == 0 or cfg.batch_size >= len(data.train_idx)
+    graphed = device.type == "cuda" and full_batch and not cfg.embed_noise  # CapturedStep's conditions
+    optimizer = make_optimizer(model, cfg, capturable=graphed)
     batch_gen = torch.Generator().manual_seed(cfg.seed)  # batch order only (minibatch mode)
     noise_gen = torch.Generator().manual_seed(cfg.seed ^ EMBED_NOISE_SEED)  # embedding noise only
     ckpt_dir = Path(cfg.checkpoint_dir)
@@ -323,7 +383,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
         for old in (ckpt_dir / "snapshots").glob("epoch_*.pth"):
             old.unlink()  # snapshots of an earlier run would mix with this one's
 
-    full_batch = cfg.batch_size == 0 or cfg.batch_size >= len(data.train_idx)
+    captured = CapturedStep(model, optimizer, data, LOSS_DTYPES[cfg.loss_dtype]) if graphed else None
     steps_per_epoch = 1 if full_batch else math.ceil(len(data.train_idx) / cfg.batch_size)
     snapshots = snapshot_epochs(cfg.epochs, cfg.snapshot_every)
     common = {"config": asdict(cfg) | {"model": model.config()}, "run_id": run_id,
@@ -350,8 +410,11 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     with interrupt:
         while epoch < cfg.epochs:
             tick = time.perf_counter()
-            train_one_epoch(model, optimizer, data, full_batch, cfg.batch_size, batch_gen, LOSS_DTYPES[cfg.loss_dtype],
-                            cfg.embed_noise, noise_gen)
+            if captured:
+                captured()
+            else:
+                train_one_epoch(model, optimizer, data, full_batch, cfg.batch_size, batch_gen,
+                                LOSS_DTYPES[cfg.loss_dtype], cfg.embed_noise, noise_gen)
             step_seconds += time.perf_counter() - tick
             epoch += 1
             bar.update(1)
@@ -365,7 +428,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
                 save(ckpt_dir / "snapshots" / f"epoch_{epoch:05d}.pth", epoch)
             if epoch % cfg.checkpoint_every == 0:
                 save(ckpt_dir / "latest.pth", epoch, resumable=True)
-            if reached_stop_rule(cfg, history, epoch):
+            if reached_stop_rule(cfg, first_epoch_at(history, "test_acc"), epoch):
                 stopped = f"reached {cfg.stop_after_grok:g} x the grokking epoch"
                 break
             if interrupt.requested:
@@ -487,9 +550,9 @@ def config_from_args(argv) -> tuple[Config, dict | None, argparse.Namespace]:
     return Config(**(defaults | PRESETS[args.preset] | given)), None, args
 
 
-def reached_stop_rule(cfg: Config, history: dict, epoch: int) -> bool:
-    """The stop rule: the run has grokked and reached --stop-after-grok x its grokking epoch."""
-    grokked = first_epoch_at(history, "test_acc")
+def reached_stop_rule(cfg: Config, grokked: int | None, epoch: int) -> bool:
+    """The stop rule: the run has grokked (at epoch `grokked`; None: not yet) and reached --stop-after-grok x
+    its grokking epoch."""
     return bool(cfg.stop_after_grok) and grokked is not None and epoch >= cfg.stop_after_grok * grokked
 
 
@@ -500,8 +563,8 @@ def check_unfinished(resume: dict, cfg: Config, path) -> None:
     extend = f"python train.py --resume {path} --stop-after-grok 0 --epochs {2 * epoch}"
     if epoch >= cfg.epochs:
         raise ValueError(f"the checkpoint is already at epoch {epoch}: to go on, pass a larger --epochs ({extend})")
-    if reached_stop_rule(cfg, resume["history"], epoch):
-        grokked = first_epoch_at(resume["history"], "test_acc")
+    grokked = first_epoch_at(resume["history"], "test_acc")
+    if reached_stop_rule(cfg, grokked, epoch):
         raise ValueError(f"the run is finished: it grokked at epoch {grokked} and stopped at epoch {epoch} "
                          f"({cfg.stop_after_grok:g} x that). To extend it: {extend}")
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Hooks, activation_function, hook_point
+from model import Hooks, activation_function, hook_point, lookup
 
 # In the order the spelled-out forward meets them. Shapes: (batch, 3, ...) at every position,
 # except hidden_pre / hidden_post (batch, d_mlp) and logits (batch, p), all at "=".
@@ -100,8 +100,7 @@ class Transformer(nn.Module):
         w_value = self.W_V.permute(1, 0, 2).reshape(self.d_model, H * dh)  # (d_model, H*dh)
         cols = torch.cat([w_score, w_value], 1)  # (d_model, H + H*dh)
         tok, pos = self.W_E @ cols, self.W_pos @ cols  # (p+1, H + H*dh), (3, H + H*dh)
-        # F.embedding is the gather whose backward is fast on CPU.
-        rows = torch.stack([F.embedding(a, tok + pos[0]), F.embedding(b, tok + pos[1]),
+        rows = torch.stack([lookup(tok + pos[0], a), lookup(tok + pos[1], b),
                             (tok[p] + pos[2]).expand(len(a), -1)], 1)  # (batch, 3, H + H*dh)
         if embed_noise is not None:  # at a and b the residual only feeds keys and values: noise @ cols
             rows = rows + F.pad(embed_noise @ cols, (0, 0, 0, 1))  # nothing added at "="

@@ -90,7 +90,10 @@ def check_output_dir(path, flag: str) -> None:
         raise OutputDirError(f"{flag} {path}: no permission to write in {existing}")
 
 
-def first_epoch_at(history: dict, key: str, threshold: float = 0.99):
+ACCURACY_BAR = 0.99  # memorized: train accuracy reaches it; grokked: test accuracy reaches it
+
+
+def first_epoch_at(history: dict, key: str, threshold: float = ACCURACY_BAR):
     """The first evaluated epoch at which history[key] >= threshold (None if never): with the
     accuracies, the memorization (train) and grokking (test) epochs."""
     return next((e for e, v in zip(history["epoch"], history[key]) if v >= threshold), None)

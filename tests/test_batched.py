@@ -39,7 +39,7 @@ def test_every_model_of_a_batch_follows_train_py(arch):
     stack = Stack(cfgs, "cpu")
     for _ in range(30):
         stack.train_step(LOSS_DTYPES[base.loss_dtype])
-    for row, i in enumerate(stack.index.tolist()):
+    for row, i in enumerate(stack.index):
         solo = solo_weights(cfgs[i], 30)
         for name, w in zip(stack.names, stack.params):
             if arch == "mlp":
@@ -57,12 +57,12 @@ def test_padded_splits_of_different_sizes_stay_within_1e5_after_a_step():
     for i, (train_idx, _) in stack.splits.items():
         assert torch.equal(train_idx, make_data(23, "add", cfgs[i].train_frac, 598).train_idx)
     losses = stack.train_step(torch.float32)  # each the mean over the model's own split, not the padded width
-    for row, i in enumerate(stack.index.tolist()):
+    for row, i in enumerate(stack.index):
         torch.manual_seed(cfgs[i].seed)
         a, b, y = make_data(23, "add", cfgs[i].train_frac, 598).subset("train")
         solo_loss = torch.nn.functional.cross_entropy(build_model(model_config(cfgs[i]))(a, b), y)
         torch.testing.assert_close(losses[row], solo_loss, rtol=1e-6, atol=0)
-    for row, i in enumerate(stack.index.tolist()):
+    for row, i in enumerate(stack.index):
         solo = solo_weights(cfgs[i], 1)
         for name, w in zip(stack.names, stack.params):
             torch.testing.assert_close(w[row], solo[name], atol=1e-5, rtol=0)
