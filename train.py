@@ -78,7 +78,7 @@ class Config:
 # Each architecture's own flags, and the defaults it brings (chosen by measurement, see the README);
 # presets and explicit flags still win over them.
 ARCH_FLAGS = {"mlp": ("d_embed", "d_hidden", "activation"), "transformer": ("d_model", "n_heads", "d_mlp", "activation")}
-ARCH_DEFAULTS = {"mlp": {}, "transformer": {"lr": 1e-2, "weight_decay": 0.5, "loss_dtype": "float64",
+ARCH_DEFAULTS = {"mlp": {}, "transformer": {"lr": 1e-2, "weight_decay": 0.3, "beta2": 0.99, "loss_dtype": "float64",
                                             "snapshot_every": 50}}
 LOSS_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EMBED_NOISE_SEED = 0x5EED_0E3B  # XORed into --seed: the embedding noise's stream, apart from the batch order's
