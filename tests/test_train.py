@@ -11,7 +11,8 @@ from checkpoint import load_checkpoint, load_model
 from conftest import ROOT, start_training
 from dataset import make_data
 from model import ToyMLP
-from train import ARCH_DEFAULTS, Config, config_from_args, make_optimizer, snapshot_epochs, train, train_one_epoch
+from train import (ARCH_DEFAULTS, Config, config_from_args, load_optimizer_state, make_optimizer, snapshot_epochs, train,
+                   train_one_epoch)
 from transformer import Transformer
 
 
@@ -217,3 +218,26 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     assert "--resume" in stdout
     latest = load_checkpoint(ckpt / "latest.pth")
     assert latest["epoch"] >= 50 and "optimizer" in latest
+
+
+def test_a_cuda_graph_runs_optimizer_state_resumes_on_a_cpu():
+    """A checkpoint of a CUDA-graph run holds AdamW with capturable=True (its step counts on the GPU);
+    loading it keeps this optimizer's own setting, so the CPU step works and continues the same state."""
+    cfg = Config(p=23, d_embed=8, d_hidden=16)
+    data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed)
+    torch.manual_seed(0)
+    model = ToyMLP(cfg.p, cfg.d_embed, cfg.d_hidden)
+    optimizer = make_optimizer(model, cfg)
+    train_one_epoch(model, optimizer, data, True, 0, None)
+    saved = optimizer.state_dict()
+    for group in saved["param_groups"]:
+        group["capturable"] = True  # as a CUDA-graph run saves it
+    plain = make_optimizer(model, cfg)
+    plain.load_state_dict(saved)
+    with pytest.raises(Exception):  # torch's own loader takes the flag along, and a capturable CPU step fails
+        train_one_epoch(model, plain, data, True, 0, None)
+    resumed = make_optimizer(model, cfg)
+    load_optimizer_state(resumed, saved)
+    assert not resumed.param_groups[0]["capturable"]
+    train_one_epoch(model, resumed, data, True, 0, None)
+    assert all(int(s["step"]) == 2 for s in resumed.state.values())
