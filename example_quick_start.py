@@ -1,7 +1,7 @@
 """The whole story in one command (about half a minute on a 2-core CPU):
 
     python example_quick_start.py
-    python example_quick_start.py --arch transformer   # Nanda et al.'s 1-layer transformer (about 4 minutes)
+    python example_quick_start.py --arch transformer   # Nanda et al.'s 1-layer transformer (about 5 minutes)
 
 1. trains ToyMLP (or the transformer) on (a + b) mod 113 with train.py's defaults, stopping at 2x the grokking epoch
    (train.py's own default runs to 3x, for a longer clean-up);
