@@ -91,11 +91,6 @@ class Stack:
         # the same last bits as train.py's (measured; an odd offset changed them)
         self.test_idx, _, self.n_test = padded([d.test_idx for d in datas], device, multiple=16)
         self.splits = dict(zip(order, ((d.train_idx, d.test_idx) for d in datas)))  # by caller position
-        # One split for every model (seeds and optimizer settings differ, the data does not): the pairs are
-        # then fed once, unbatched; vmap turns a lookup with per-model indices into a gather reading an
-        # index per output number, 2.5x the bytes of the lookup itself (measured on a GPU).
-        self.shared = all(torch.equal(d.train_idx, datas[0].train_idx) and torch.equal(d.test_idx, datas[0].test_idx)
-                          for d in datas)
         self.noisy = any(c.label_noise for c in cfgs)
         self.noise_scale = [c.embed_noise for c in cfgs]
         self.noise_gens = [torch.Generator().manual_seed(c.seed ^ EMBED_NOISE_SEED) for c in cfgs]
@@ -116,11 +111,6 @@ class Stack:
         self.optimizer_settings = [self.optimizer_settings[i] for i in kept]
         self.noise_scale = [self.noise_scale[i] for i in kept]
         self.noise_gens = [self.noise_gens[i] for i in kept]
-
-    def pairs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The operands a, b of the (N, width) index lists idx: (width,) each when every model has the same split."""
-        idx = idx[0] if self.shared else idx
-        return self.a[idx], self.b[idx]
 
     def logits(self, a, b, noise=None):
         """(N, batch, p): every model on its own (N, batch) inputs, or on shared (batch,) inputs."""
@@ -145,7 +135,7 @@ class Stack:
         """One full-batch AdamW step of every model; returns (N,) losses (a non-finite one: that model
         diverged; its weights are no longer finite and the caller removes it, the others are unaffected)."""
         idx = self.train_idx
-        logits = self.logits(*self.pairs(idx), self.embed_noise(idx.device))  # (N, width, p)
+        logits = self.logits(self.a[idx], self.b[idx], self.embed_noise(idx.device))  # (N, width, p)
         y = self.y_fit.gather(1, idx)
         ce = F.cross_entropy(logits.to(loss_dtype).flatten(0, 1), y.flatten(), reduction="none").view(idx.shape)
         losses = torch.where(self.pad, ce, 0).sum(1) / self.n_train  # the mean over each model's own split
@@ -189,7 +179,7 @@ class Stack:
         for split, idx in (("train", self.train_idx), ("test", self.test_idx)):
             y = self.y_fit.gather(1, idx) if split == "train" else self.y[idx]
             y_true = self.y[idx] if split == "train" and self.noisy else None
-            scores[split] = score_pairs(self.logits, *self.pairs(idx), y, y_true, rows)
+            scores[split] = score_pairs(self.logits, self.a[idx], self.b[idx], y, y_true, rows)
         (loss, correct, correct_true), (test_loss, test_correct, _) = scores["train"], scores["test"]
         test_pad = torch.arange(self.test_idx.shape[1], device=self.y.device)[None] < self.n_test[:, None]
         corrupted = (self.y_fit.gather(1, self.train_idx) != self.y[self.train_idx]) & self.pad
@@ -197,7 +187,13 @@ class Stack:
         def mean(values, mask):  # per model over its own pairs, in float64 as train.evaluate
             return torch.where(mask, values.double(), 0).sum(1) / mask.sum(1).clamp(min=1)
 
-        columns = {"train_loss": mean(loss, self.pad), "test_loss": mean(test_loss, test_pad),
+        def mean_loss(values, mask, counts):  # on a CPU train.evaluate's own loss.mean() per model: the
+            if values.device.type != "cpu":    # masked sum rounds the last bit differently (accuracies are exact)
+                return mean(values, mask)
+            return torch.stack([values[i, :n].mean() for i, n in enumerate(counts.tolist())])
+
+        columns = {"train_loss": mean_loss(loss, self.pad, self.n_train),
+                   "test_loss": mean_loss(test_loss, test_pad, self.n_test),
                    "train_acc": mean(correct, self.pad), "test_acc": mean(test_correct, test_pad)}
         if self.noisy:
             columns |= {"clean_train_acc": mean(correct, self.pad & ~corrupted), "noisy_fit_acc": mean(correct, corrupted),
