@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from checkpoint import build_model, save_checkpoint
 from dataset import make_data, table_size, train_size
+from model import squared_norm
 from train import (EMBED_NOISE_SEED, LOSS_DTYPES, Config, eval_rows, make_summary, model_config, new_history,
                    reached_stop_rule, record, score_pairs, share, step_bytes)
 from utils import ACCURACY_BAR, resolve_device
@@ -187,8 +188,13 @@ class Stack:
         def mean(values, mask):  # per model over its own pairs, in float64 as train.evaluate
             return torch.where(mask, values.double(), 0).sum(1) / mask.sum(1).clamp(min=1)
 
-        def mean_loss(values, mask, counts):  # on a CPU train.evaluate's own loss.mean() per model: the
-            if values.device.type != "cpu":    # masked sum rounds the last bit differently (accuracies are exact)
+        # On a CPU the losses and the weight norm are reduced per model as train.evaluate reduces them: a
+        # masked or batched sum rounds the last bit differently (accuracies are exact either way). On a GPU
+        # the batched forms, without a kernel per model.
+        per_model = self.y.device.type == "cpu"
+
+        def mean_loss(values, mask, counts):
+            if not per_model:
                 return mean(values, mask)
             return torch.stack([values[i, :n].mean() for i, n in enumerate(counts.tolist())])
 
@@ -196,14 +202,19 @@ class Stack:
                    "test_loss": mean_loss(test_loss, test_pad, self.n_test),
                    "train_acc": mean(correct, self.pad), "test_acc": mean(test_correct, test_pad)}
         if self.noisy:
-            columns |= {"clean_train_acc": mean(correct, self.pad & ~corrupted), "noisy_fit_acc": mean(correct, corrupted),
-                        "noisy_true_acc": mean(correct_true, corrupted), "has_noise": corrupted.any(1).double()}
-        columns["weight_norm"] = sum((w.detach().double() ** 2).flatten(1).sum(1) for w in self.params)
+            columns |= {"clean_train_acc": mean(correct, self.pad & ~corrupted),
+                        "noisy_fit_acc": mean(correct, corrupted), "noisy_true_acc": mean(correct_true, corrupted),
+                        "has_noise": corrupted.any(1).double()}
+        if per_model:
+            norms = [squared_norm(w[i] for w in self.params) for i in range(n)]
+            columns["weight_norm"] = torch.tensor(norms, dtype=torch.float64)
+        else:
+            columns["weight_norm"] = sum((w.detach().double() ** 2).flatten(1).sum(1) for w in self.params)
         table = torch.stack(list(columns.values()), 1).cpu().tolist()
         out = []
         for values in table:
             m = dict(zip(columns, values))
-            if not m.pop("has_noise", 0):  # as train.evaluate: the label-noise keys only for a model with corrupted pairs
+            if not m.pop("has_noise", 0):  # as train.evaluate: label-noise keys only with corrupted pairs
                 for key in ("clean_train_acc", "noisy_fit_acc", "noisy_true_acc"):
                     m.pop(key, None)
             out.append(m)

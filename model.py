@@ -163,4 +163,10 @@ def cross_entropy_per_row(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.
 
 def sum_squared_weights(model: nn.Module) -> float:
     """The weight norm used throughout: sum over every parameter of w**2 (in float64)."""
-    return sum(float((w.detach().double() ** 2).sum()) for w in model.parameters())
+    return squared_norm(model.parameters())
+
+
+def squared_norm(tensors) -> float:
+    """sum over the tensors of w**2, each reduced in float64 then added in order (so the same last bits
+    wherever the same tensors are summed: the batched engine's per-model rows too)."""
+    return sum(float((w.detach().double() ** 2).sum()) for w in tensors)
