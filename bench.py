@@ -36,7 +36,7 @@ from batched import Stack
 from checkpoint import build_model
 from dataset import make_data
 from model import ToyMLP
-from train import (ARCH_DEFAULTS, ARCH_FLAGS, LOSS_DTYPES, CapturedStep, Config, evaluate, make_optimizer,
+from train import (ARCH_DEFAULTS, ARCH_FLAGS, LOSS_DTYPES, Config, epoch_runner, evaluate, make_optimizer,
                    model_config, train, train_one_epoch)
 from utils import provenance, resolve_device
 
@@ -143,17 +143,12 @@ def single_rate(cfg: Config, epochs: int, graph: bool = True) -> float:
     device = resolve_device(cfg.device)
     data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed).to(device)
     model = build_model(model_config(cfg)).to(device)
-    graph = graph and device.type == "cuda"
-    optimizer = make_optimizer(model, cfg, capturable=graph)
-    loss_dtype = LOSS_DTYPES[cfg.loss_dtype]
-    captured = CapturedStep(model, optimizer, data, loss_dtype) if graph else None
+    optimizer = make_optimizer(model, cfg, capturable=graph and device.type == "cuda")
+    run_epoch = epoch_runner(model, optimizer, data, cfg, True)
 
     def run(n):
         for epoch in range(1, n + 1):
-            if captured:
-                captured()
-            else:
-                train_one_epoch(model, optimizer, data, True, 0, None, loss_dtype)
+            run_epoch()
             if epoch % cfg.eval_every == 0:
                 evaluate(model, data)
 

@@ -347,6 +347,16 @@ class CapturedStep:
         return value
 
 
+def epoch_runner(model, optimizer, data, cfg: Config, full_batch: bool, batch_gen=None, noise_gen=None):
+    """train()'s epoch as a function of nothing: a CapturedStep when the optimizer is capturable (train() makes
+    it so on CUDA with full batches and no embedding noise), else train_one_epoch with the run's settings."""
+    loss_dtype = LOSS_DTYPES[cfg.loss_dtype]
+    if optimizer.param_groups[0]["capturable"]:
+        return CapturedStep(model, optimizer, data, loss_dtype)
+    return lambda: train_one_epoch(model, optimizer, data, full_batch, cfg.batch_size, batch_gen, loss_dtype,
+                                   cfg.embed_noise, noise_gen)
+
+
 def restore(resume: dict, data, model, optimizer, batch_gen, noise_gen) -> tuple[dict, int, float]:
     """Load a resumable checkpoint's state in place; returns (history, epoch, step seconds so far).
     Checkpoints from before --embed-noise have no noise generator state (and drew no noise)."""
@@ -383,7 +393,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
         for old in (ckpt_dir / "snapshots").glob("epoch_*.pth"):
             old.unlink()  # snapshots of an earlier run would mix with this one's
 
-    captured = CapturedStep(model, optimizer, data, LOSS_DTYPES[cfg.loss_dtype]) if graphed else None
+    run_epoch = epoch_runner(model, optimizer, data, cfg, full_batch, batch_gen, noise_gen)
     steps_per_epoch = 1 if full_batch else math.ceil(len(data.train_idx) / cfg.batch_size)
     snapshots = snapshot_epochs(cfg.epochs, cfg.snapshot_every)
     common = {"config": asdict(cfg) | {"model": model.config()}, "run_id": run_id,
@@ -410,11 +420,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
     with interrupt:
         while epoch < cfg.epochs:
             tick = time.perf_counter()
-            if captured:
-                captured()
-            else:
-                train_one_epoch(model, optimizer, data, full_batch, cfg.batch_size, batch_gen,
-                                LOSS_DTYPES[cfg.loss_dtype], cfg.embed_noise, noise_gen)
+            run_epoch()
             step_seconds += time.perf_counter() - tick
             epoch += 1
             bar.update(1)
