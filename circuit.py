@@ -4,11 +4,18 @@ frequency ablations, in the op's basis (fourier.basis_for). Shared by interpreta
 analysis) and progress.py (the same measures over a run's snapshots); both import it, it imports neither.
 """
 import torch
+from tqdm import tqdm
 
 import fourier
 from component_ablation import embedding_with
 from dataset import make_table
 from model import cross_entropy_per_row
+
+
+
+def is_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(rows,) bool: the correct logit is strictly the largest (as cross_entropy_per_row counts it)."""
+    return (logits >= logits.gather(-1, y[:, None])).sum(-1) == 1  # only the correct one reaches it
 
 
 class Grid:
@@ -38,14 +45,40 @@ class Grid:
         """Share of the split's pairs whose correct logit is strictly the largest (as loss_acc counts
         them), without the cost of the loss."""
         idx = self.split[split]
-        logits, y = logits_grid[self.rows[idx]], self.y[idx]
-        at_least_correct = (logits >= logits.gather(-1, y[:, None])).sum(-1)  # 1: only the correct one
-        return (at_least_correct == 1).double().mean().item()
+        return is_correct(logits_grid[self.rows[idx]], self.y[idx]).double().mean().item()
 
     def loss_acc(self, logits_grid: torch.Tensor, split: str = "all", in_basis: bool = False) -> tuple[float, float]:
         idx = self.pairs(split, in_basis)
         loss, correct = cross_entropy_per_row(logits_grid[self.rows[idx]], self.y[idx])
         return loss.mean().item(), correct.double().mean().item()
+
+    def chunks(self, index: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """index (default: all p*p grid rows) cut into pieces whose (rows, p) float32 logits take at most
+        fourier.CHUNK_BYTES: the analysis holds a few such tables per piece, never the whole (p*p, p) grid."""
+        index = torch.arange(self.p * self.p) if index is None else index
+        return list(index.split(max(1, fourier.CHUNK_BYTES // (4 * self.p))))
+
+    def scores(self, variants, split: str = "all", in_basis: bool = False, progress: str | None = None) -> list:
+        """Loss and accuracy (as loss_acc) of several logit variants over a split, one chunk at a time:
+        variants(pairs) yields each variant's (rows, p) logits on the grid rows `pairs` (the same number of
+        variants for every chunk, so work shared by the variants is done once per chunk). [(loss, acc), ...]"""
+        idx = self.pairs(split, in_basis)
+        sums = []
+        for part in tqdm(self.chunks(idx), desc=progress, disable=progress is None, leave=False):
+            for v, logits in enumerate(variants(self.rows[part])):
+                loss, correct = cross_entropy_per_row(logits, self.y[part])
+                if v == len(sums):
+                    sums.append([0.0, 0])
+                sums[v][0] += float(loss.sum())
+                sums[v][1] += int(correct.sum())
+        return [(loss / len(idx), correct / len(idx)) for loss, correct in sums]
+
+    def score(self, source, split: str = "all", in_basis: bool = False) -> tuple[float, float]:
+        """loss_acc of a model (run chunk by chunk on the split's pairs), of a function pairs -> logits
+        or of a (p*p, p) logits table (logits_function)."""
+        logits_of = logits_function(source, self)
+        with torch.no_grad():
+            return self.scores(lambda pairs: [logits_of(pairs)], split, in_basis)[0]
 
 
 def token_embedding(model) -> torch.Tensor:
@@ -60,22 +93,35 @@ def operand_power(hidden_pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     For ToyMLP, whose hidden_pre is table_a[a] + table_b[b] + b_in, these are its token tables plus
     constants, which no frequency k >= 1 sees; for the transformer, the part of each neuron's input
     that depends on one operand."""
-    pre = hidden_pre.double()
-    return fourier.power_per_frequency(pre.mean(1)), fourier.power_per_frequency(pre.mean(0))
+    return (fourier.power_per_frequency(hidden_pre.mean(1, dtype=torch.float64)),
+            fourier.power_per_frequency(hidden_pre.mean(0, dtype=torch.float64)))
 
 
-def grid_cache(model, grid) -> tuple[torch.Tensor, dict]:
-    """Logits (p*p, p) and the cache over all pairs, hidden_pre / hidden_post shaped (p, p, d_hidden)."""
+def logits_function(source, grid):
+    """pairs -> logits on those grid rows, from a model (run on them), a (p*p, p) logits table (its rows)
+    or such a function itself."""
+    if isinstance(source, torch.nn.Module):
+        return lambda pairs: source(grid.a[pairs], grid.b[pairs])
+    return (lambda pairs: source[pairs]) if isinstance(source, torch.Tensor) else source
+
+
+def grid_activations(model, grid, names=("hidden_post",)) -> dict[str, torch.Tensor]:
+    """The named activations of the cache over all p*p pairs, run chunk by chunk (the logits are never
+    held for the whole grid); hidden_pre and hidden_post shaped (p, p, d_hidden)."""
+    parts = {name: [] for name in names}
     with torch.no_grad():
-        logits, cache = model.run_with_cache(grid.a, grid.b)
-    for name in ("hidden_pre", "hidden_post"):
-        cache[name] = cache[name].reshape(grid.p, grid.p, -1)
-    return logits, cache
+        for pairs in grid.chunks():
+            cache = model.run_with_cache(grid.a[pairs], grid.b[pairs])[1]
+            for name in names:
+                parts[name].append(cache[name])
+    out = {name: torch.cat(chunks) for name, chunks in parts.items()}
+    return {name: x.reshape(grid.p, grid.p, -1) if name in ("hidden_pre", "hidden_post") else x
+            for name, x in out.items()}
 
 
 def hidden_input_power(model, grid) -> tuple[torch.Tensor, torch.Tensor]:
     """operand_power of the model's hidden_pre over the grid basis's position pairs."""
-    return operand_power(grid.basis.grid(grid_cache(model, grid)[1]["hidden_pre"]))
+    return operand_power(grid.basis.grid(grid_activations(model, grid, ["hidden_pre"])["hidden_pre"]))
 
 
 def model_key_frequencies(model, grid) -> list[int]:
@@ -104,25 +150,27 @@ def select_key_frequencies(candidates, neuron_freq, best_fraction, removal: list
 def fourier_analysis(model, grid) -> dict:
     """Spectra, key frequencies, neuron frequencies, logit fit, restricted/excluded losses and
     frequency ablations (see fourier.py for each definition), in the grid's basis: Z_p for add and
-    sub, the discrete logarithms for mul and div. Without a basis: {"basis": None, "no_basis": why}."""
+    sub, the discrete logarithms for mul and div. Without a basis: {"basis": None, "no_basis": why}.
+    Runs chunk by chunk over the pairs: it holds hidden_post over the grid, never all the logits."""
     basis = grid.basis
     if basis is None:
         return {"basis": None, "no_basis": grid.no_basis, "key_frequencies": []}
-    logits, cache = grid_cache(model, grid)
     with torch.no_grad():
         embed_power = fourier.power_per_frequency(basis.table(token_embedding(model)))
-    hidden_power_a, hidden_power_b = operand_power(basis.grid(cache["hidden_pre"]))
-    hidden_power = hidden_power_a + hidden_power_b
-    fractions = fourier.neuron_frequency_fractions(basis.grid(cache["hidden_post"]))  # (d_hidden, n//2)
-    best_fraction, best = fractions.max(dim=1)
-    neuron_freq = (best + 1).tolist()
-    candidates = fourier.key_frequencies(hidden_power)
-    singles = [frequency_removal(model, grid, [k]) for k in candidates]  # each candidate removed alone
-    keys, evidence = select_key_frequencies(candidates, neuron_freq, best_fraction.tolist(), singles,
-                                            grid.loss_acc(logits)[0])
-    assigned = [k if k in keys and f >= NEURON_FRACTION else None for k, f in zip(neuron_freq, best_fraction)]
-    in_basis = logits[basis.grid_rows(grid.p)]  # (n*n, p) rows of the position pairs
-    explained, alphas = fourier.logit_fit(in_basis[:, basis.tokens], keys, basis.op)
+        hidden_power_a, hidden_power_b = hidden_input_power(model, grid)
+        hidden_power = hidden_power_a + hidden_power_b
+        hidden_post = grid_activations(model, grid)["hidden_post"]
+        fractions = fourier.neuron_frequency_fractions(basis.grid(hidden_post))  # (d_hidden, n//2)
+        del hidden_post
+        best_fraction, best = fractions.max(dim=1)
+        neuron_freq = (best + 1).tolist()
+        candidates = fourier.key_frequencies(hidden_power)
+        singles = [frequency_removal(model, grid, [k]) for k in candidates]  # each candidate removed alone
+        keys, evidence = select_key_frequencies(candidates, neuron_freq, best_fraction.tolist(), singles,
+                                                grid.score(model)[0])
+        assigned = [k if k in keys and f >= NEURON_FRACTION else None for k, f in zip(neuron_freq, best_fraction)]
+        explained, alphas = fourier.logit_fit_chunked(lambda: basis_logit_chunks(model, grid), keys)
+        losses = key_frequency_losses(model, grid, keys)
     return {
         "basis": basis, "frequencies": fourier.frequencies(basis.n), "embed_power": embed_power,
         "hidden_power_a": hidden_power_a, "hidden_power_b": hidden_power_b,
@@ -131,25 +179,50 @@ def fourier_analysis(model, grid) -> dict:
         "embed_key_power_fraction": fourier.power_fraction(embed_power, keys),
         "neuron_fractions": fractions, "neuron_frequency": neuron_freq,
         "neuron_frequency_fraction": best_fraction.tolist(), "neuron_cluster": assigned,
-        "logit_variance_explained": explained, "logit_alphas": alphas,
-        **key_frequency_losses(logits, grid, keys),
+        "logit_variance_explained": explained, "logit_alphas": alphas, **losses,
         "frequency_ablation": [s for s in singles if s["frequencies"][0] in keys] + [non_key_removal(model, grid, keys)],
     }
 
 
-def key_frequency_losses(logits, grid, keys: list[int]) -> dict:
+def basis_logit_chunks(model, grid):
+    """The logits over the basis's position pairs in pieces: (logits (rows, n), s (rows,)) with the columns
+    in position order and s the combination of each pair's positions (as fourier.logit_fit_chunked takes them)."""
+    basis = grid.basis
+    rows, s = basis.grid_rows(grid.p), fourier.combination(basis.n, basis.op).reshape(-1)
+    for part in grid.chunks(torch.arange(basis.n**2)):
+        yield model(grid.a[rows[part]], grid.b[rows[part]])[:, basis.tokens], s[part]
+
+
+def key_frequency_losses(model_or_logits, grid, keys: list[int]) -> dict:
     """Nanda et al.'s restricted loss (key directions only, all pairs) and excluded loss (key
     directions removed, training pairs), with the matching accuracies. Over the pairs the basis
-    covers (for mul and div: no operand 0, whose products the logarithms cannot express)."""
-    rows, op = grid.basis.grid_rows(grid.p), grid.basis.op
+    covers (for mul and div: no operand 0, whose products the logarithms cannot express).
+    model_or_logits: a model (run chunk by chunk) or its (p*p, p) logits over the grid. As
+    fourier.restricted_logits / excluded_logits, in two passes: the key directions' coefficients
+    (and each output's mean) over all position pairs, then the losses."""
+    logits_of, basis = logits_function(model_or_logits, grid), grid.basis
+    rows = basis.grid_rows(grid.p)  # grid row of each position pair
+    dirs = fourier.trig_directions(basis.n, keys, basis.op)  # (2K, n*n) over position pairs
+    coefficients, total = torch.zeros(len(dirs), grid.p, dtype=torch.float64), 0
+    with torch.no_grad():
+        for part in grid.chunks(torch.arange(basis.n**2)):
+            logits = logits_of(rows[part]).double()
+            coefficients += dirs[:, part] @ logits
+            total = total + logits.sum(0)
+        position = torch.full((grid.p**2,), -1, dtype=torch.long)
+        position[rows] = torch.arange(basis.n**2)
 
-    def in_basis(part):  # the logits with the basis pairs' rows replaced by part(their rows)
-        out = logits.double().clone()
-        out[rows] = part(logits[rows], keys, op)
-        return out
+        def key_part(pairs):
+            return dirs[:, position[pairs]].T @ coefficients
 
-    restricted_loss, restricted_acc = grid.loss_acc(in_basis(fourier.restricted_logits), "all", in_basis=True)
-    excluded_loss, excluded_acc = grid.loss_acc(in_basis(fourier.excluded_logits), "train", in_basis=True)
+        def restricted(pairs):
+            return [key_part(pairs) + total / basis.n**2]
+
+        def excluded(pairs):
+            return [logits_of(pairs).double() - key_part(pairs)]
+
+        (restricted_loss, restricted_acc), = grid.scores(restricted, "all", in_basis=True)
+        (excluded_loss, excluded_acc), = grid.scores(excluded, "train", in_basis=True)
     return {"restricted_loss": restricted_loss, "restricted_acc": restricted_acc,
             "excluded_loss": excluded_loss, "excluded_acc": excluded_acc}
 
@@ -164,7 +237,7 @@ def frequency_removal(model, grid, freqs: list[int], name: str | None = None) ->
     """Loss and accuracy on all pairs with freqs projected out of the number tokens' embeddings."""
     with torch.no_grad():
         W_E = embedding_with(model, grid.basis, freqs, "zero")
-        loss, acc = grid.loss_acc(torch.func.functional_call(model, {"W_E": W_E}, (grid.a, grid.b)))
+        loss, acc = grid.score(lambda pairs: torch.func.functional_call(model, {"W_E": W_E}, (grid.a[pairs], grid.b[pairs])))
     return {"ablation": name or f"remove {freqs[0]}", "frequencies": freqs, "loss": loss, "acc": acc}
 
 

@@ -20,20 +20,33 @@ import torch
 import fourier
 
 
-def replace_at(position: int | None, index=None, mode: str = "zero"):
+def replace_at(position: int | None, index=None, value: torch.Tensor | None = None):
     """A hook that replaces x[:, position] (the whole x if position is None), restricted to x[..., index]
-    when index is given, by 0 or by its mean over the batch (all inputs)."""
+    when index is given, by 0 (value None) or by the same part of `value`, one input's worth of x (the
+    activation's mean over all inputs, say: activation_mean)."""
     def hook(x):
         x = x.clone()
         view = x if position is None else x[:, position]
         part = view if index is None else view[:, index]
-        part = torch.zeros_like(part) if mode == "zero" else part.mean(0, keepdim=True).expand_as(part)
+        if value is None:
+            part = torch.zeros_like(part)
+        else:
+            fill = value if position is None else value[position]
+            part = (fill if index is None else fill[index]).to(part).expand_as(part)
         if index is None:
             view.copy_(part)
         else:
             view[:, index] = part
         return x
     return hook
+
+
+def activation_mean(model, grid, hook: str) -> torch.Tensor:
+    """The activation `hook` of the cache averaged over all p*p pairs, chunk by chunk (float64 sums)."""
+    total = 0
+    for pairs in grid.chunks():
+        total = total + model.run_with_cache(grid.a[pairs], grid.b[pairs])[1][hook].double().sum(0)
+    return total / grid.p**2
 
 
 def hook_components(model) -> dict[str, tuple[str, int | None, int | None]]:
@@ -68,22 +81,27 @@ def component_ablations(model, grid, keys: list[int]) -> list[dict]:
     """The table of this module's docstring, one row per component."""
     rows = []
 
-    def measure(run):  # run(mode) -> logits over all pairs
+    def measure(forward_for):  # forward_for(mode) -> a function (a, b) -> logits
         row = {}
         for mode in ("zero", "mean"):
-            row[f"{mode}_loss"], row[f"{mode}_acc"] = grid.loss_acc(run(mode))
+            forward = forward_for(mode)
+            row[f"{mode}_loss"], row[f"{mode}_acc"] = grid.score(lambda pairs: forward(grid.a[pairs], grid.b[pairs]))
         return row
 
+    def with_parameter(name, value):
+        return lambda a, b: torch.func.functional_call(model, {name: value}, (a, b))
+
     with torch.no_grad():
+        means = {hook: activation_mean(model, grid, hook) for hook, _, _ in hook_components(model).values()}
         for name, (hook, position, head) in hook_components(model).items():
-            rows.append({"component": name} | measure(lambda mode: model.run_with_hooks(
-                grid.a, grid.b, {hook: replace_at(position, head, mode)})))
+            rows.append({"component": name} | measure(lambda mode: lambda a, b: model.run_with_hooks(
+                a, b, {hook: replace_at(position, head, None if mode == "zero" else means[hook])})))
         for name in biases(model):
             bias = getattr(model, name).detach()
-            rows.append({"component": f"bias {name}"} | measure(lambda mode: torch.func.functional_call(
-                model, {name: torch.zeros_like(bias) if mode == "zero" else bias}, (grid.a, grid.b))))
+            rows.append({"component": f"bias {name}"} | measure(
+                lambda mode: with_parameter(name, torch.zeros_like(bias) if mode == "zero" else bias)))
         if grid.basis is not None:
             for name, freqs in frequency_cases(keys, grid.basis).items():
-                rows.append({"component": name} | measure(lambda mode: torch.func.functional_call(
-                    model, {"W_E": embedding_with(model, grid.basis, freqs, mode)}, (grid.a, grid.b))))
+                rows.append({"component": name} | measure(
+                    lambda mode: with_parameter("W_E", embedding_with(model, grid.basis, freqs, mode))))
     return rows

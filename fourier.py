@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+CHUNK_BYTES = 2**27  # the most one piece of a chunked analysis step holds in one tensor (float32 logits of
+# 33,000 pairs at p = 1009; the whole p*p grid up to p = 322)
 KEY_RATIO = 10.0  # a key frequency holds >= KEY_RATIO x the median frequency's power
 STRONG_FRACTION = 0.5  # key frequencies holding less than this share of the power: "weak structure"
 
@@ -35,8 +37,9 @@ class Basis:
         return per_token[self.tokens]
 
     def grid(self, over_pairs: torch.Tensor) -> torch.Tensor:
-        """(p, p, ...) values over all token pairs (a, b) -> (n, n, ...) over position pairs."""
-        return over_pairs[self.tokens][:, self.tokens]
+        """(p, p, ...) values over all token pairs (a, b) -> (n, n, ...) over position pairs (for Z_p, where
+        position = token, the values themselves: no copy of a grid that can take gigabytes)."""
+        return over_pairs if self.generator is None else over_pairs[self.tokens][:, self.tokens]
 
     def grid_rows(self, p: int) -> torch.Tensor:
         """(n*n,) the rows of a p*p grid (a major, b minor) that hold the position pairs, in order."""
@@ -132,7 +135,14 @@ def power_fraction(power: torch.Tensor, keys: list[int]) -> float:
 def neuron_frequency_fractions(acts: torch.Tensor) -> torch.Tensor:
     """acts: (p, p, n) neuron activations over the grid (a, b). Returns (n, p//2): the share of each
     neuron's variance over the grid that lies in frequency k's terms: cos/sin(w_k a), cos/sin(w_k b)
-    and their products (which carry cos/sin w_k(a + b) and w_k(a - b))."""
+    and their products (which carry cos/sin w_k(a + b) and w_k(a - b)). Computed for a group of
+    neurons at a time, each group's float64 power taking at most CHUNK_BYTES."""
+    p = acts.shape[0]
+    group = max(1, CHUNK_BYTES // (8 * p * p))
+    return torch.cat([_frequency_fractions(acts[..., i:i + group]) for i in range(0, acts.shape[-1], group)])
+
+
+def _frequency_fractions(acts: torch.Tensor) -> torch.Tensor:
     p = acts.shape[0]
     basis = fourier_basis(p)[0].float()  # float32 is ample for shares of variance, and 2x faster
     centred = acts.float() - acts.float().mean(dim=(0, 1))
@@ -200,17 +210,35 @@ def logit_fit(logits: torch.Tensor, keys: list[int], op: str = "add") -> tuple[f
 
     Each input's mean logit is removed first (softmax ignores it). The regressors are orthogonal,
     so alpha_k = <L, X_k> / <X_k, X_k>. Returns (share of variance explained, {k: alpha_k})."""
-    p = logits.shape[1]
-    centred = logits.double() - logits.double().mean(dim=1, keepdim=True)  # (p*p, p)
-    s = combination(p, op).reshape(-1, 1).double()
-    c = torch.arange(p, dtype=torch.float64).view(1, -1)
-    fit, alphas = torch.zeros_like(centred), {}
-    for k in keys:
-        x = torch.cos(2 * math.pi * k * (s - c) / p)  # (p*p, p)
-        alphas[k] = float((centred * x).sum() / (x * x).sum())
-        fit += alphas[k] * x
-    total = (centred**2).sum()
-    explained = 1 - float(((centred - fit) ** 2).sum() / total) if total > 0 else 0.0
+    s = combination(logits.shape[1], op).reshape(-1)
+    return logit_fit_chunked(lambda: [(logits, s)], keys)
+
+
+def logit_fit_chunked(chunks, keys: list[int]) -> tuple[float, dict[int, float]]:
+    """logit_fit over the grid of Z_n in pieces: chunks() yields (logits (rows, n), s (rows,)), the rows
+    of all pieces together making up the n*n pairs once; two passes (the alphas, then the residual)."""
+    def centred_and_waves(logits, s):
+        n = logits.shape[1]
+        centred = logits.double() - logits.double().mean(dim=1, keepdim=True)  # (rows, n)
+        c = torch.arange(n, dtype=torch.float64).view(1, -1)
+        return centred, {k: torch.cos(2 * math.pi * k * (s.double().view(-1, 1) - c) / n) for k in keys}
+
+    products, norms, total = dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0.0), 0.0
+    for logits, s in chunks():
+        centred, waves = centred_and_waves(logits, s)
+        total += float((centred**2).sum())
+        for k, x in waves.items():
+            products[k] += float((centred * x).sum())
+            norms[k] += float((x * x).sum())
+    alphas = {k: products[k] / norms[k] for k in keys}
+    residual = 0.0
+    for logits, s in chunks():
+        centred, waves = centred_and_waves(logits, s)
+        fit = torch.zeros_like(centred)
+        for k, x in waves.items():
+            fit += alphas[k] * x
+        residual += float(((centred - fit) ** 2).sum())
+    explained = 1 - residual / total if total > 0 else 0.0
     return explained, alphas
 
 

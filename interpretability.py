@@ -18,11 +18,11 @@ import fourier
 import plots
 import transformer_analysis
 from circuit import (NEURON_FRACTION, REMOVAL_LOSS_RATIO, Grid, fourier_analysis, frequency_ablation,  # noqa: F401
-                     frequency_removal, grid_cache, hidden_input_power, key_frequency_losses, model_key_frequencies,
-                     non_key_removal, operand_power, select_key_frequencies, token_embedding)
+                     frequency_removal, grid_activations, hidden_input_power, is_correct, key_frequency_losses,
+                     logits_function, model_key_frequencies, non_key_removal, operand_power, select_key_frequencies,
+                     token_embedding)
 from component_ablation import component_ablations
 from checkpoint import CheckpointError, load_model
-from model import cross_entropy_per_row
 from utils import OutputDirError, available_bytes, check_output_dir, provenance, write_json
 
 ABLATION_KS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -39,37 +39,43 @@ def ablated_logits(logits, hidden, readout, neurons, values) -> torch.Tensor:
     return logits + (values[..., neurons] - hidden[:, neurons]) @ readout[neurons]
 
 
-def neuron_ablation_effects(logits, hidden, readout, grid, values, progress=False):
-    """Loss and accuracy on all data-set pairs when each neuron alone is set to `values[n]`."""
-    logits, hidden = logits[grid.rows], hidden[grid.rows]
-    losses, accs = [], []
-    for n in tqdm(range(hidden.shape[1]), desc="single-neuron ablations", disable=not progress, leave=False):
-        loss, correct = cross_entropy_per_row(ablated_logits(logits, hidden, readout, [n], values), grid.y)
-        losses.append(loss.mean())
-        accs.append(correct.double().mean())
-    return torch.stack(losses), torch.stack(accs)
-
-
 def rank_neurons(model, grid, progress=False) -> dict:
     """Rank neurons by activation variance over the grid and by the loss increase when each is
-    mean-ablated (causal); zero-ablation effects are reported too."""
-    logits, cache = model.run_with_cache(grid.a, grid.b)
-    hidden, readout = cache["hidden_post"], model.neuron_readout()
-    base_loss, base_acc = grid.loss_acc(logits)
-    mean = hidden.mean(0)
-    mean_loss, mean_acc = neuron_ablation_effects(logits, hidden, readout, grid, mean, progress=progress)
-    zero_loss, zero_acc = neuron_ablation_effects(logits, hidden, readout, grid, torch.zeros_like(mean),
-                                                  progress=progress)
-    variance = hidden.double().var(0)
+    mean-ablated (causal); zero-ablation effects are reported too. Chunk by chunk over the pairs."""
+    readout, hidden_all = model.neuron_readout(), grid_hidden(model, grid)
+    d = hidden_all.shape[1]
+    mean = hidden_all.mean(0)
+    variance = torch.cat([part.double().var(0) for part in hidden_all.split(NEURON_GROUP, dim=1)])
+
+    def variants(pairs):  # the model, then each neuron set to its mean, then each set to 0
+        logits, cache = model.run_with_cache(grid.a[pairs], grid.b[pairs])
+        hidden = cache["hidden_post"]
+        yield logits
+        for values in (mean, torch.zeros_like(mean)):
+            for n in range(d):
+                yield ablated_logits(logits, hidden, readout, [n], values)
+
+    scores = torch.tensor(grid.scores(variants, progress="single-neuron ablations" if progress else None),
+                          dtype=torch.float64)
+    (base_loss, base_acc), mean_scores, zero_scores = scores[0].tolist(), scores[1:d + 1], scores[d + 1:]
+    mean_loss, zero_loss = mean_scores[:, 0], zero_scores[:, 0]
     causal_order = torch.argsort(mean_loss - base_loss, descending=True)
     activation_order = torch.argsort(variance, descending=True)
     return {
         "base_loss": base_loss, "base_acc": base_acc,
         "activation_variance": variance, "mean_ablation_loss_increase": mean_loss - base_loss,
-        "mean_ablation_acc": mean_acc, "zero_ablation_loss_increase": zero_loss - base_loss,
-        "zero_ablation_acc": zero_acc, "causal_order": causal_order, "activation_order": activation_order,
+        "mean_ablation_acc": mean_scores[:, 1], "zero_ablation_loss_increase": zero_loss - base_loss,
+        "zero_ablation_acc": zero_scores[:, 1], "causal_order": causal_order, "activation_order": activation_order,
         "agreement": ranking_agreement(activation_order, causal_order),
     }
+
+
+NEURON_GROUP = 16  # neurons per float64 copy where a statistic of hidden_post over the whole grid is taken
+
+
+def grid_hidden(model, grid) -> torch.Tensor:
+    """(p*p, d_hidden): hidden_post over all pairs (grid rows), computed chunk by chunk."""
+    return grid_activations(model, grid)["hidden_post"].reshape(grid.p**2, -1)
 
 
 def ranking_agreement(order_1: torch.Tensor, order_2: torch.Tensor) -> dict:
@@ -86,24 +92,28 @@ def ranking_agreement(order_1: torch.Tensor, order_2: torch.Tensor) -> dict:
 def ablation_curves(model, grid, causal_order, draws: int = 5, seed: int = 0) -> dict:
     """Mean-ablate the top-k neurons (causal order) or k random ones; and keep only the top k or
     k random ones (mean-ablating the rest). Accuracy and loss on all pairs; random: mean and std."""
-    logits, cache = model.run_with_cache(grid.a, grid.b)
-    hidden, readout = cache["hidden_post"], model.neuron_readout()
-    mean = hidden.mean(0)
-    d = hidden.shape[1]
+    readout, mean = model.neuron_readout(), grid_hidden(model, grid).mean(0)
+    d = len(mean)
     gen = torch.Generator().manual_seed(seed)
-
-    def evaluate(ablate):  # logits with the neurons in `ablate` set to their mean
-        return grid.loss_acc(ablated_logits(logits, hidden, readout, ablate, mean))
-
     ks = sorted({k for k in ABLATION_KS if k <= d} | {d})
-    out = {"k": ks}
+    sets = {}  # (mode, "top" or "random") -> per k, the neuron sets set to their mean
     for mode in ("ablate", "keep"):
         chosen = lambda order, k: order[:k] if mode == "ablate" else order[k:]  # noqa: E731
-        top = [evaluate(chosen(causal_order, k)) for k in ks]
-        rand = [[evaluate(chosen(torch.randperm(d, generator=gen), k)) for _ in range(draws)] for k in ks]
-        rand = torch.tensor(rand)  # (len(ks), draws, 2): loss, acc; std: the spread of these draws (0 for one)
+        sets[mode, "top"] = [[chosen(causal_order, k)] for k in ks]
+        sets[mode, "random"] = [[chosen(torch.randperm(d, generator=gen), k) for _ in range(draws)] for k in ks]
+    flat = [neurons for per_k in sets.values() for group in per_k for neurons in group]
+
+    def variants(pairs):
+        logits, cache = model.run_with_cache(grid.a[pairs], grid.b[pairs])
+        return (ablated_logits(logits, cache["hidden_post"], readout, neurons, mean) for neurons in flat)
+
+    scores = iter(grid.scores(variants))
+    out = {"k": ks}
+    for mode in ("ablate", "keep"):
+        top = [next(scores) for _ in ks]
+        rand = torch.tensor([[next(scores) for _ in range(draws)] for _ in ks])  # (len(ks), draws, 2): loss, acc
         out[mode] = {"top_loss": [t[0] for t in top], "top_acc": [t[1] for t in top],
-                     "random_loss_mean": rand[..., 0].mean(1).tolist(),
+                     "random_loss_mean": rand[..., 0].mean(1).tolist(),  # std: the spread of these draws (0 for one)
                      "random_loss_std": rand[..., 0].std(1, correction=0).tolist(),
                      "random_acc_mean": rand[..., 1].mean(1).tolist(),
                      "random_acc_std": rand[..., 1].std(1, correction=0).tolist()}
@@ -113,14 +123,19 @@ def ablation_curves(model, grid, causal_order, draws: int = 5, seed: int = 0) ->
 def circuit_size(model, grid, causal_order, threshold: float = 0.99) -> tuple[int | None, list[float]]:
     """Smallest k whose top-k neurons (causal order), with all others mean-ablated, keep accuracy
     >= threshold on all pairs. Also returns the accuracy for every k = 0..d_hidden."""
-    logits, cache = model.run_with_cache(grid.a, grid.b)
-    hidden, readout = cache["hidden_post"].double(), model.neuron_readout().double()
-    mean = hidden.mean(0)  # over the whole grid, as everywhere here
-    current = ablated_logits(logits.double(), hidden, readout, causal_order, mean)  # every neuron at its mean
-    accs = [grid.accuracy(current)]
-    for n in causal_order.tolist():  # give the neurons back one at a time: mean -> own activation
-        current = ablated_logits(current, mean.expand_as(hidden), readout, [n], hidden)
-        accs.append(grid.accuracy(current))
+    readout, mean = model.neuron_readout().double(), grid_hidden(model, grid).mean(0, dtype=torch.float64)
+    correct = torch.zeros(len(causal_order) + 1, dtype=torch.long)
+    data_rows = grid.split["all"]
+    for part in grid.chunks(data_rows):
+        logits, cache = model.run_with_cache(grid.a[grid.rows[part]], grid.b[grid.rows[part]])
+        hidden, y = cache["hidden_post"].double(), grid.y[part]
+        current = ablated_logits(logits.double(), hidden, readout, causal_order, mean)  # every neuron at its mean
+        counts = [is_correct(current, y).sum()]
+        for n in causal_order.tolist():  # give the neurons back one at a time: mean -> own activation
+            current = ablated_logits(current, mean.expand_as(hidden), readout, [n], hidden)
+            counts.append(is_correct(current, y).sum())
+        correct += torch.stack(counts)
+    accs = (correct.double() / len(data_rows)).tolist()
     size = next((k for k, acc in enumerate(accs) if acc >= threshold), None)
     return size, accs
 
@@ -131,25 +146,28 @@ def analyze(model, grid, draws: int = 5, progress: bool = False) -> dict:
         ranking = rank_neurons(model, grid, progress)
         curves = ablation_curves(model, grid, ranking["causal_order"], draws)
         size, keep_accs = circuit_size(model, grid, ranking["causal_order"])
-        logits = model(grid.a, grid.b)
-    losses = {split: dict(zip(("loss", "acc"), grid.loss_acc(logits, split))) for split in ("all", "train", "test")}
+        losses = {split: dict(zip(("loss", "acc"), grid.score(model, split))) for split in ("all", "train", "test")}
     f = fourier_analysis(model, grid)
     result = {"losses": losses, "ranking": ranking, "ablation_curves": curves, "circuit_size": size,
               "circuit_keep_acc": keep_accs, "fourier": f,
               "components": component_ablations(model, grid, f["key_frequencies"])}
     if grid.basis is not None:
         result["clock_pizza"] = clock_pizza.clock_or_pizza(model, grid.p, grid.op,
-                                                           correct_logit=correct_logit_in_basis(logits, grid))
+                                                           correct_logit=correct_logit_in_basis(model, grid))
     if transformer_analysis.has_attention(model):
         result["transformer"] = transformer_analysis.analyze(model, grid, f["key_frequencies"])
     return result
 
 
-def correct_logit_in_basis(logits, grid) -> torch.Tensor:
-    """(n, n): the correct class's logit on the pair at positions (i, j) of the grid's basis."""
-    basis = grid.basis
+def correct_logit_in_basis(model_or_logits, grid) -> torch.Tensor:
+    """(n, n): the correct class's logit on the pair at positions (i, j) of the grid's basis; from a model
+    (run chunk by chunk) or its (p*p, p) logits over the grid."""
+    basis, logits_of = grid.basis, logits_function(model_or_logits, grid)
     correct = basis.tokens[fourier.combination(basis.n, basis.op).reshape(-1)]
-    return logits[basis.grid_rows(grid.p)].gather(1, correct[:, None]).reshape(basis.n, basis.n)
+    rows = basis.grid_rows(grid.p)
+    with torch.no_grad():
+        parts = [logits_of(rows[part]).gather(1, correct[part, None]) for part in grid.chunks(torch.arange(basis.n**2))]
+    return torch.cat(parts).reshape(basis.n, basis.n)
 
 
 def structure(f: dict) -> str:
@@ -252,7 +270,7 @@ def axis_names(basis) -> tuple[str, str]:
 
 def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Path]:
     r, f, basis = result["ranking"], result["fourier"], grid.basis
-    hidden = grid_cache(model, grid)[1]["hidden_post"]
+    hidden = grid_activations(model, grid)["hidden_post"]
     hidden = hidden if basis is None else basis.grid(hidden)  # heatmaps over the basis's positions
     axes = axis_names(basis)
     neurons = r["causal_order"][:top].tolist()

@@ -38,10 +38,9 @@ ONSETS = {"excluded_loss": "up", "fourier_gini": "up", "restricted_loss": "down"
 def snapshot_measures(model, grid: Grid, keys: list[int]) -> dict:
     """The progress measures of one model."""
     with torch.no_grad():
-        logits = model(grid.a, grid.b)
-        train_loss, train_acc = grid.loss_acc(logits, "train")
-        test_loss, test_acc = grid.loss_acc(logits, "test")
-        key_losses = (key_frequency_losses(logits, grid, keys) if grid.basis is not None  # no basis: not measured
+        train_loss, train_acc = grid.score(model, "train")  # chunk by chunk over the pairs
+        test_loss, test_acc = grid.score(model, "test")
+        key_losses = (key_frequency_losses(model, grid, keys) if grid.basis is not None  # no basis: not measured
                       else {"restricted_loss": None, "excluded_loss": None})
         return {
             "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,

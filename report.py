@@ -91,7 +91,7 @@ def snapshot_series(paths, grid, keys: list[int]) -> list[dict]:
 def neuron_activations(model, grid, neurons: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each row of neuron_ranking.json: its activation over (a, b), raw and re-ordered by its frequency."""
     with torch.no_grad():
-        hidden = interpretability.grid_cache(model, grid)[1]["hidden_post"]
+        hidden = interpretability.grid_activations(model, grid)["hidden_post"]
     hidden = hidden if grid.basis is None else grid.basis.grid(hidden)  # over the basis's positions (mul: logs)
     return [(hidden[..., n["neuron"]].numpy(),
              interpretability.reindex_by_frequency(hidden[..., n["neuron"]], n["dominant_frequency"]).numpy())

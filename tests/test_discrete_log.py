@@ -9,7 +9,7 @@ import interpretability
 from dataset import make_data
 from handbuilt import discrete_log_model
 from interpretability import Grid, analyze, summarize
-from model import ToyMLP
+from model import ToyMLP, cross_entropy_per_row
 
 P, G, KEYS = 59, 2, [5, 17, 29]  # 29 = (p - 1) / 2: the sign character, one-dimensional
 
@@ -93,7 +93,7 @@ def test_the_zero_pairs_are_left_out_of_the_restricted_loss():
     losses = interpretability.key_frequency_losses(logits, grid, KEYS)
     nonzero = grid.pairs("all", in_basis=True)
     assert len(nonzero) == (P - 1) ** 2 and len(grid.pairs("all")) == P * P
-    loss, _ = interpretability.cross_entropy_per_row(logits[grid.rows[nonzero]], grid.y[nonzero])
+    loss, _ = cross_entropy_per_row(logits[grid.rows[nonzero]], grid.y[nonzero])
     assert losses["restricted_loss"] == pytest.approx(loss.mean().item(), rel=1e-6)
     assert losses["restricted_loss"] != pytest.approx(grid.loss_acc(logits)[0], rel=1e-3)
 

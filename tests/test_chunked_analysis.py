@@ -1,0 +1,85 @@
+"""The analysis cut into chunks of pairs (issue 10, large p) gives what it gives in one piece.
+
+At p <= 322 every pair fits in one chunk (fourier.CHUNK_BYTES); here the chunk size is shrunk so that
+a small grid is cut into several pieces of pairs (and groups of neurons), and the whole result of
+interpretability.analyze must not change beyond float rounding."""
+import math
+
+import pytest
+import torch
+
+import fourier
+from dataset import make_data
+from handbuilt import discrete_log_model, fourier_transformer, handbuilt_model
+from interpretability import Grid, analyze
+from model import ToyMLP
+
+
+def grid_for(p, op):
+    data = make_data(p, op, 0.3, 0)
+    return Grid(p, op, data.train_idx, data.test_idx)
+
+
+ORDERED_BY = {"causal_order": "mean_ablation_loss_increase", "activation_order": "activation_variance"}
+
+
+def assert_same(whole, chunked, where="result"):
+    """Equal structure; numbers equal to float rounding (the pieces' matmuls round differently)."""
+    if isinstance(whole, dict):
+        assert whole.keys() == chunked.keys(), where
+        for key in whole:
+            if key in ORDERED_BY:  # neurons with equal values (a hand-built model's) may swap places
+                values = whole[ORDERED_BY[key]]
+                assert_same(values[whole[key]], values[chunked[key]], f"{where}[{key!r}]")
+            elif key != "agreement":  # a function of the two orders alone (so of such swaps)
+                assert_same(whole[key], chunked[key], f"{where}[{key!r}]")
+    elif isinstance(whole, (list, tuple)):
+        assert len(whole) == len(chunked), where
+        for i, (x, y) in enumerate(zip(whole, chunked)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(whole, torch.Tensor):
+        torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6, msg=where)
+    elif isinstance(whole, float):
+        assert chunked == pytest.approx(whole, rel=1e-5, abs=1e-7), where
+    else:
+        assert chunked == whole, where
+
+
+def trained_mlp(p):
+    """A ToyMLP trained a little, so that its neurons differ (no exact ties in the causal order)."""
+    torch.manual_seed(0)
+    model = ToyMLP(p, 16, 24)
+    data = make_data(p, "add", 0.5, 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(data.a[data.train_idx], data.b[data.train_idx]),
+                                          data.y[data.train_idx]).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def jittered(model, scale=1e-3):
+    """The model with every weight moved by noise of this relative size: a hand-built network's exact
+    ties (equal logits, whose order float rounding decides) are broken, its circuit kept."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for w in model.parameters():
+            w += scale * w.abs().max() * torch.randn(w.shape, generator=gen)
+    return model
+
+
+@pytest.mark.parametrize("build, op", [(lambda: trained_mlp(23), "add"),
+                                       (lambda: jittered(handbuilt_model(29, [3, 7])[0]), "add"),
+                                       (lambda: jittered(discrete_log_model(29, [3, 7], 2)[0]), "mul"),
+                                       (lambda: jittered(fourier_transformer(23, [4])[0]), "add")],
+                         ids=["trained mlp", "hand-built mlp", "discrete log", "transformer"])
+def test_the_analysis_in_chunks_equals_the_analysis_in_one_piece(build, op, monkeypatch):
+    model = build()
+    grid = grid_for(model.p, op)
+    assert len(grid.chunks()) == 1
+    whole = analyze(model, grid, draws=2)
+    # 60 pairs per chunk (about 9 to 14 chunks) and 1 or 2 neurons per group of the Fourier fractions
+    monkeypatch.setattr(fourier, "CHUNK_BYTES", 4 * model.p * 60)
+    assert len(grid.chunks()) == math.ceil(model.p**2 / 60) > 8
+    assert_same(whole, analyze(model, grid, draws=2))
