@@ -376,24 +376,34 @@ def findings(summary: dict) -> list[str]:
     return lines
 
 
-ANALYSIS_BYTES_PER_P3 = 72  # peak memory / p^3: 2.1 GB measured for ToyMLP at p = 307 (README, "Large p")
+TRANSFORMER_BYTES_PER_P3 = 72  # the transformer's own measures (attention, heads, residual stream) run over the
+# whole grid at once: its peak grows as p^3 (2.1 GB measured at p = 307 before the rest was chunked)
 
 
-def check_analysis_memory(p: int) -> None:
-    """Raise CheckpointError (one sentence) if the analysis of a p model would not fit in memory: it holds
-    several (p^2, p) logit tables at once and is not chunked yet, so its memory grows as p^3."""
-    need, have = ANALYSIS_BYTES_PER_P3 * p**3, available_bytes(torch.device("cpu"))
+def analysis_bytes(model) -> int:
+    """Peak memory of the analysis, estimated. ToyMLP: chunked over the pairs, it holds a few (p^2, d_hidden)
+    activation grids and one chunk's logit tables at a time, so it grows as p^2."""
+    p = model.p
+    if transformer_analysis.has_attention(model):
+        return TRANSFORMER_BYTES_PER_P3 * p**3
+    return 3 * 4 * p**2 * model.d_hidden + 16 * fourier.CHUNK_BYTES
+
+
+def check_analysis_memory(model) -> None:
+    """Raise CheckpointError (one sentence) if the analysis of the model would not fit in memory."""
+    need, have = analysis_bytes(model), available_bytes(torch.device("cpu"))
     if need > 0.8 * have:
-        raise CheckpointError(f"analysing a p = {p} model needs about {need / 2**30:.0f} GB (it grows as p^3; 2.1 GB "
-                              f"measured at p = 307) and this machine has {have / 2**30:.1f} GB available: the "
-                              "analysis is not chunked over the p^2 pairs yet")
+        raise CheckpointError(f"analysing this p = {model.p} model needs about {need / 2**30:.1f} GB and this machine "
+                              f"has {have / 2**30:.1f} GB available" + (
+                                  " (the transformer's attention and head measures run over all p^2 pairs at once, "
+                                  "so this grows as p^3)" if transformer_analysis.has_attention(model) else ""))
 
 
 def run(checkpoint="checkpoints/model_final.pth", results_dir="results", draws: int = 5, progress: bool = True):
     """Analyse a checkpoint and write the JSON files and plots; returns (summary, plot paths)."""
     model, ckpt = load_model(checkpoint)  # raises CheckpointError before anything is written
     cfg = ckpt["config"]
-    check_analysis_memory(cfg["p"])
+    check_analysis_memory(model)
     grid = Grid(cfg["p"], cfg["op"], ckpt["train_idx"], ckpt["test_idx"])
     steps = tqdm(total=3, desc="analysis", disable=not progress)
     result = analyze(model, grid, draws, progress=progress)
