@@ -2,6 +2,7 @@
 (spectrum candidates that matter), neuron clusters, logit fit, restricted and excluded losses and
 frequency ablations, in the op's basis (fourier.basis_for). Shared by interpretability.py (the whole
 analysis) and progress.py (the same measures over a run's snapshots); both import it, it imports neither.
+Everything runs over the pairs in chunks (Grid.chunks): memory grows as p^2 x d_hidden, not as p^3.
 """
 import torch
 from tqdm import tqdm
@@ -10,7 +11,6 @@ import fourier
 from component_ablation import embedding_with
 from dataset import make_table
 from model import cross_entropy_per_row
-
 
 
 def is_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -40,12 +40,6 @@ class Grid:
         """The data-set rows of a split; with in_basis only those whose pair the basis covers."""
         idx = self.split[split]
         return idx[self.in_basis[self.rows[idx]]] if in_basis else idx
-
-    def accuracy(self, logits_grid: torch.Tensor, split: str = "all") -> float:
-        """Share of the split's pairs whose correct logit is strictly the largest (as loss_acc counts
-        them), without the cost of the loss."""
-        idx = self.split[split]
-        return is_correct(logits_grid[self.rows[idx]], self.y[idx]).double().mean().item()
 
     def loss_acc(self, logits_grid: torch.Tensor, split: str = "all", in_basis: bool = False) -> tuple[float, float]:
         idx = self.pairs(split, in_basis)

@@ -81,10 +81,9 @@ def snapshot_series(paths, grid, keys: list[int]) -> list[dict]:
         for path in paths:
             model, ckpt = load_model(path)
             power = fourier.power_per_frequency(grid.basis.table(interpretability.token_embedding(model)))
-            logits = model(grid.a, grid.b)
             out.append({"epoch": ckpt["epoch"], "share": (power / power.sum()).numpy(),
-                        "key_share": fourier.power_fraction(power, keys),
-                        "train_acc": grid.accuracy(logits, "train"), "test_acc": grid.accuracy(logits, "test")})
+                        "key_share": fourier.power_fraction(power, keys),  # accuracies: chunk by chunk over pairs
+                        "train_acc": grid.score(model, "train")[1], "test_acc": grid.score(model, "test")[1]})
     return sorted(out, key=lambda s: s["epoch"])
 
 

@@ -60,9 +60,9 @@ def test_an_analysis_that_cannot_fit_is_refused_before_anything_is_written(tmp_p
     cfg = Config(p=23, d_embed=8, d_hidden=16, epochs=2, checkpoint_dir=str(tmp_path / "c"),
                  results_dir=str(tmp_path / "r"))
     train.train(cfg, progress=False)
-    monkeypatch.setattr(interpretability, "available_bytes", lambda device: 10**5)  # 72 * 23^3 B > 0.8 * that
+    monkeypatch.setattr(interpretability, "available_bytes", lambda device: 10**5)  # < the estimate (2 GB)
     code = interpretability.main(["--checkpoint", str(tmp_path / "c/model_final.pth"), "--results-dir",
                                   str(tmp_path / "analysis"), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: analysing a p = 23 model needs about") and err.count("\n") == 1
+    assert code == 2 and err.startswith("error: analysing this p = 23 model needs about") and err.count("\n") == 1
     assert not (tmp_path / "analysis").exists()
