@@ -376,17 +376,10 @@ def findings(summary: dict) -> list[str]:
     return lines
 
 
-TRANSFORMER_BYTES_PER_P3 = 72  # the transformer's own measures (attention, heads, residual stream) run over the
-# whole grid at once: its peak grows as p^3 (2.1 GB measured at p = 307 before the rest was chunked)
-
-
 def analysis_bytes(model) -> int:
-    """Peak memory of the analysis, estimated. ToyMLP: chunked over the pairs, it holds a few (p^2, d_hidden)
-    activation grids and one chunk's logit tables at a time, so it grows as p^2."""
-    p = model.p
-    if transformer_analysis.has_attention(model):
-        return TRANSFORMER_BYTES_PER_P3 * p**3
-    return 3 * 4 * p**2 * model.d_hidden + 16 * fourier.CHUNK_BYTES
+    """Peak memory of the analysis, estimated: chunked over the pairs, it holds at most a few (p^2, d_hidden)
+    activation grids (hidden_post, hidden_pre) and one chunk's tables at a time, so it grows as p^2."""
+    return 3 * 4 * model.p**2 * model.neuron_readout().shape[0] + 16 * fourier.CHUNK_BYTES
 
 
 def check_analysis_memory(model) -> None:
@@ -394,9 +387,7 @@ def check_analysis_memory(model) -> None:
     need, have = analysis_bytes(model), available_bytes(torch.device("cpu"))
     if need > 0.8 * have:
         raise CheckpointError(f"analysing this p = {model.p} model needs about {need / 2**30:.1f} GB and this machine "
-                              f"has {have / 2**30:.1f} GB available" + (
-                                  " (the transformer's attention and head measures run over all p^2 pairs at once, "
-                                  "so this grows as p^3)" if transformer_analysis.has_attention(model) else ""))
+                              f"has {have / 2**30:.1f} GB available")
 
 
 def run(checkpoint="checkpoints/model_final.pth", results_dir="results", draws: int = 5, progress: bool = True):

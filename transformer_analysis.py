@@ -1,11 +1,16 @@
 """The transformer-only parts of the analysis: attention, heads and the residual stream at "=".
 
 Each function takes the model and interpretability.Grid (all p*p pairs) and returns plain data;
-interpretability.analyze calls them when the model has attention (has_attention).
+interpretability.analyze calls them when the model has attention (has_attention). Like the rest of
+the analysis they run over the pairs in chunks (Grid.chunks), so memory grows as p^2, not p^3.
 """
 import torch
 
 import fourier
+from circuit import grid_activations
+from component_ablation import activation_mean, replace_at
+
+D_MODEL_GROUP = 16  # residual-stream columns per float64 Fourier transform over the grid
 
 
 def has_attention(model) -> bool:
@@ -15,26 +20,19 @@ def has_attention(model) -> bool:
 def attention_patterns(model, grid) -> torch.Tensor:
     """(n_heads, 2, p, p): the attention weight from "=" to a (index 0) and to b (index 1) of each
     head over all (a, b); the rest of each head's attention goes to "=" itself."""
-    with torch.no_grad():
-        pattern = model.run_with_cache(grid.a, grid.b)[1]["attn.hook_pattern"]  # (p*p, H, query, key)
+    pattern = grid_activations(model, grid, ["attn.hook_pattern"])["attn.hook_pattern"]  # (p*p, H, query, key)
     return pattern[:, :, 2, :2].permute(1, 2, 0).reshape(model.n_heads, 2, grid.p, grid.p)
 
 
-def _mean_ablate_head(z: torch.Tensor, h: int) -> torch.Tensor:
-    """z (batch, 3, n_heads, d_head) with head h's z at "=" replaced by its mean over the batch."""
-    z = z.clone()
-    z[:, 2, h] = z[:, 2, h].mean(0)
-    return z
-
-
 def head_ablations(model, grid) -> list[dict]:
-    """Mean-ablate each head's output at "=" (its z over all pairs replaced by its mean): loss and
+    """Mean-ablate each head's output at "=" (its z replaced by its mean over all pairs): loss and
     accuracy on all pairs. Only position 2 feeds the logits, so only it is ablated."""
     out = []
     with torch.no_grad():
+        mean = activation_mean(model, grid, "attn.hook_z")  # (3, n_heads, d_head)
         for h in range(model.n_heads):
-            hooks = {"attn.hook_z": lambda z, h=h: _mean_ablate_head(z, h)}
-            loss, acc = grid.loss_acc(model.run_with_hooks(grid.a, grid.b, hooks))
+            hooks = {"attn.hook_z": replace_at(2, h, mean)}
+            loss, acc = grid.score(lambda pairs: model.run_with_hooks(grid.a[pairs], grid.b[pairs], hooks))
             out.append({"head": h, "loss": loss, "acc": acc})
     return out
 
@@ -48,23 +46,29 @@ def residual_key_directions(model, grid, keys: list[int]) -> dict:
     part (kept) or mean + rest (removed)."""
     basis, rows = grid.basis, grid.basis.grid_rows(grid.p)
     with torch.no_grad():
-        resid = model.run_with_cache(grid.a, grid.b)[1]["hook_resid_mid"]  # (p*p, 3, d_model)
-        at_eq = resid[rows, 2].double().reshape(basis.n, basis.n, -1)
-        mean = at_eq.mean(dim=(0, 1))
-        key = fourier.grid_key_part(at_eq, keys)
-        rest = at_eq - mean - key
-        total = float((rest + key).pow(2).sum())
-        out = {"key_variance_share": float(key.pow(2).sum()) / total if total > 0 else 0.0}
-        for name, part in (("keep_key", key), ("remove_key", rest)):
-            value = (mean + part).reshape(len(rows), -1).to(resid.dtype)
+        resid = grid_activations(model, grid, ["hook_resid_mid"])["hook_resid_mid"][:, 2]  # (p*p, d_model)
+        at_eq = resid[rows].reshape(basis.n, basis.n, -1)
+        mean = at_eq.mean(dim=(0, 1), dtype=torch.float64)
+        key = torch.cat([fourier.grid_key_part(at_eq[..., i:i + D_MODEL_GROUP], keys)
+                         for i in range(0, at_eq.shape[-1], D_MODEL_GROUP)], dim=-1).reshape(len(rows), -1)
+        centred = float(sum(((part.double() - mean[i:i + D_MODEL_GROUP]) ** 2).sum()
+                            for i, part in zip(range(0, at_eq.shape[-1], D_MODEL_GROUP),
+                                               at_eq.split(D_MODEL_GROUP, dim=-1))))
+        out = {"key_variance_share": float(key.pow(2).sum()) / centred if centred > 0 else 0.0}
+        del at_eq
+        position = torch.full((grid.p**2,), -1, dtype=torch.long)
+        position[rows] = torch.arange(len(rows))
+        replaced = {"keep_key": lambda pairs: mean + key[position[pairs]],
+                    "remove_key": lambda pairs: resid[pairs].double() - key[position[pairs]]}
+        for name, value_at in replaced.items():
+            def forward(pairs, value_at=value_at):
+                def replace(x):
+                    x = x.clone()
+                    x[:, 2] = value_at(pairs).to(x.dtype)
+                    return x
+                return model.run_with_hooks(grid.a[pairs], grid.b[pairs], {"hook_resid_mid": replace})
 
-            def replace(x, value=value):
-                x = x.clone()
-                x[rows, 2] = value
-                return x
-
-            logits = model.run_with_hooks(grid.a, grid.b, {"hook_resid_mid": replace})
-            out[f"{name}_loss"], out[f"{name}_acc"] = grid.loss_acc(logits, in_basis=True)
+            out[f"{name}_loss"], out[f"{name}_acc"] = grid.score(forward, in_basis=True)
     return out
 
 
