@@ -102,13 +102,14 @@ def logits_function(source, grid):
 def grid_activations(model, grid, names=("hidden_post",)) -> dict[str, torch.Tensor]:
     """The named activations of the cache over all p*p pairs, run chunk by chunk (the logits are never
     held for the whole grid); hidden_pre and hidden_post shaped (p, p, d_hidden)."""
-    parts = {name: [] for name in names}
+    out = {}
     with torch.no_grad():
         for pairs in grid.chunks():
             cache = model.run_with_cache(grid.a[pairs], grid.b[pairs])[1]
-            for name in names:
-                parts[name].append(cache[name])
-    out = {name: torch.cat(chunks) for name, chunks in parts.items()}
+            for name in names:  # filled in place: no second copy of the grid, no chunk's cache kept alive
+                if name not in out:
+                    out[name] = torch.empty(grid.p**2, *cache[name].shape[1:], dtype=cache[name].dtype)
+                out[name][pairs] = cache[name]
     return {name: x.reshape(grid.p, grid.p, -1) if name in ("hidden_pre", "hidden_post") else x
             for name, x in out.items()}
 
