@@ -87,8 +87,8 @@ def operand_power(hidden_pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     For ToyMLP, whose hidden_pre is table_a[a] + table_b[b] + b_in, these are its token tables plus
     constants, which no frequency k >= 1 sees; for the transformer, the part of each neuron's input
     that depends on one operand."""
-    return (fourier.power_per_frequency(hidden_pre.mean(1, dtype=torch.float64)),
-            fourier.power_per_frequency(hidden_pre.mean(0, dtype=torch.float64)))
+    return (fourier.power_per_frequency(fourier.mean_float64(hidden_pre, 1)),
+            fourier.power_per_frequency(fourier.mean_float64(hidden_pre, 0)))
 
 
 def logits_function(source, grid):

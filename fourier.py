@@ -96,6 +96,12 @@ def frequencies(p: int) -> list[int]:
     return list(range(1, p // 2 + 1))
 
 
+def mean_float64(x: torch.Tensor, dim, group: int = 16) -> torch.Tensor:
+    """x.mean(dim) in float64, a group of the last dimension's columns at a time: torch's mean(dtype=float64)
+    would first copy the whole x to float64 (2 GB for a (1009, 1009, 256) activation grid)."""
+    return torch.cat([part.double().mean(dim) for part in x.split(group, dim=-1)], dim=-1)
+
+
 def power_per_frequency(table: torch.Tensor) -> torch.Tensor:
     """table: (p, n) values per token (e.g. W_E). Returns (p//2,) power of frequencies 1..p//2,
     summed over the n columns; the constant (mean over tokens) is left out."""
@@ -217,26 +223,29 @@ def logit_fit(logits: torch.Tensor, keys: list[int], op: str = "add") -> tuple[f
 def logit_fit_chunked(chunks, keys: list[int]) -> tuple[float, dict[int, float]]:
     """logit_fit over the grid of Z_n in pieces: chunks() yields (logits (rows, n), s (rows,)), the rows
     of all pieces together making up the n*n pairs once; two passes (the alphas, then the residual)."""
-    def centred_and_waves(logits, s):
+    def centred_and_wave(logits, s):
+        """The centred logits, and wave(k) -> X_k on these rows (made one at a time: each is as large as
+        the logits, in float64)."""
         n = logits.shape[1]
         centred = logits.double() - logits.double().mean(dim=1, keepdim=True)  # (rows, n)
         c = torch.arange(n, dtype=torch.float64).view(1, -1)
-        return centred, {k: torch.cos(2 * math.pi * k * (s.double().view(-1, 1) - c) / n) for k in keys}
+        return centred, lambda k: torch.cos(2 * math.pi * k * (s.double().view(-1, 1) - c) / n)
 
     products, norms, total = dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0.0), 0.0
     for logits, s in chunks():
-        centred, waves = centred_and_waves(logits, s)
+        centred, wave = centred_and_wave(logits, s)
         total += float((centred**2).sum())
-        for k, x in waves.items():
+        for k in keys:
+            x = wave(k)
             products[k] += float((centred * x).sum())
             norms[k] += float((x * x).sum())
     alphas = {k: products[k] / norms[k] for k in keys}
     residual = 0.0
     for logits, s in chunks():
-        centred, waves = centred_and_waves(logits, s)
+        centred, wave = centred_and_wave(logits, s)
         fit = torch.zeros_like(centred)
-        for k, x in waves.items():
-            fit += alphas[k] * x
+        for k in keys:
+            fit += alphas[k] * wave(k)
         residual += float(((centred - fit) ** 2).sum())
     explained = 1 - residual / total if total > 0 else 0.0
     return explained, alphas

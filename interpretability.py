@@ -45,7 +45,7 @@ def rank_neurons(model, grid, progress=False) -> dict:
     readout, hidden_all = model.neuron_readout(), grid_hidden(model, grid)
     d = hidden_all.shape[1]
     mean = hidden_all.mean(0)
-    variance = torch.cat([part.double().var(0) for part in hidden_all.split(NEURON_GROUP, dim=1)])
+    variance = torch.cat([part.double().var(0) for part in hidden_all.split(16, dim=1)])  # no float64 copy of all
 
     def variants(pairs):  # the model, then each neuron set to its mean, then each set to 0
         logits, cache = model.run_with_cache(grid.a[pairs], grid.b[pairs])
@@ -68,9 +68,6 @@ def rank_neurons(model, grid, progress=False) -> dict:
         "zero_ablation_acc": zero_scores[:, 1], "causal_order": causal_order, "activation_order": activation_order,
         "agreement": ranking_agreement(activation_order, causal_order),
     }
-
-
-NEURON_GROUP = 16  # neurons per float64 copy where a statistic of hidden_post over the whole grid is taken
 
 
 def grid_hidden(model, grid) -> torch.Tensor:
@@ -123,7 +120,7 @@ def ablation_curves(model, grid, causal_order, draws: int = 5, seed: int = 0) ->
 def circuit_size(model, grid, causal_order, threshold: float = 0.99) -> tuple[int | None, list[float]]:
     """Smallest k whose top-k neurons (causal order), with all others mean-ablated, keep accuracy
     >= threshold on all pairs. Also returns the accuracy for every k = 0..d_hidden."""
-    readout, mean = model.neuron_readout().double(), grid_hidden(model, grid).mean(0, dtype=torch.float64)
+    readout, mean = model.neuron_readout().double(), fourier.mean_float64(grid_hidden(model, grid), 0)
     correct = torch.zeros(len(causal_order) + 1, dtype=torch.long)
     data_rows = grid.split["all"]
     for part in grid.chunks(data_rows):

@@ -48,7 +48,7 @@ def residual_key_directions(model, grid, keys: list[int]) -> dict:
     with torch.no_grad():
         resid = grid_activations(model, grid, ["hook_resid_mid"])["hook_resid_mid"][:, 2]  # (p*p, d_model)
         at_eq = resid[rows].reshape(basis.n, basis.n, -1)
-        mean = at_eq.mean(dim=(0, 1), dtype=torch.float64)
+        mean = fourier.mean_float64(at_eq.reshape(len(rows), -1), 0)
         key = torch.cat([fourier.grid_key_part(at_eq[..., i:i + D_MODEL_GROUP], keys)
                          for i in range(0, at_eq.shape[-1], D_MODEL_GROUP)], dim=-1).reshape(len(rows), -1)
         centred = float(sum(((part.double() - mean[i:i + D_MODEL_GROUP]) ** 2).sum()
