@@ -12,6 +12,7 @@ memory per phase from Linux's VmHWM, reset before each phase (/proc/self/clear_r
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -58,6 +59,11 @@ def measure(checkpoint: str, chunks: int, out: Path) -> None:
             losses = phase("losses", lambda: {s: dict(zip(("loss", "acc"), grid.score(model, s)))
                                               for s in ("all", "train", "test")})
             f = phase("fourier_analysis", lambda: I.fourier_analysis(model, grid))
+            if f["basis"] is not None:  # neither depends on the cut-short loops
+                clusters = Counter(k for k, share in zip(f["neuron_frequency"], f["neuron_frequency_fraction"])
+                                   if share >= I.NEURON_FRACTION)
+                print(f"  spectrum candidates {f['key_frequency_candidates']}; neurons with >= "
+                      f"{I.NEURON_FRACTION:.0%} of their variance in one frequency: {dict(sorted(clusters.items()))}")
             components = phase("component_ablations", lambda: I.component_ablations(model, grid, f["key_frequencies"]))
             scale.clear()
             circuit.Grid.chunks = whole  # the correct logit over every position pair
