@@ -66,3 +66,21 @@ def test_an_analysis_that_cannot_fit_is_refused_before_anything_is_written(tmp_p
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: analysing this p = 23 model needs about") and err.count("\n") == 1
     assert not (tmp_path / "analysis").exists()
+
+
+def test_bench_analysis_measures_every_phase_and_puts_the_chunks_back(tmp_path, capsys):
+    import bench_analysis
+    import circuit
+
+    cfg = Config(p=23, d_embed=8, d_hidden=16, epochs=2, checkpoint_dir=str(tmp_path / "c"),
+                 results_dir=str(tmp_path / "r"))
+    train.train(cfg, progress=False)
+    chunks = circuit.Grid.chunks
+    assert bench_analysis.main(["--checkpoint", str(tmp_path / "c/model_final.pth"), "--chunks", "1",
+                                "--results-dir", str(tmp_path / "plots")]) == 0
+    printed = capsys.readouterr().out
+    for name in ("rank_neurons", "ablation_curves", "circuit_size", "fourier_analysis", "component_ablations",
+                 "clock_pizza", "write_plots"):
+        assert f"\n{name} " in printed and "MB resident" in printed
+    assert circuit.Grid.chunks is chunks  # the real analysis afterwards runs whole
+    assert (tmp_path / "plots/ablation_curves.png").exists()
