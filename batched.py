@@ -114,12 +114,11 @@ class Stack:
         self.noise_gens = [self.noise_gens[i] for i in kept]
 
     def logits(self, a, b, noise=None):
-        """(N, batch, p): every model on its own (N, batch) inputs, or on shared (batch,) inputs."""
+        """(N, batch, p): every model on its own (N, batch) inputs."""
         def one(ws, a, b, noise):
             return functional_call(self.skeleton, dict(zip(self.names, ws)), (a, b, noise))
 
-        in_dims = (0, 0 if a.dim() == 2 else None, 0 if b.dim() == 2 else None, None if noise is None else 0)
-        return vmap(one, in_dims=in_dims)(self.params, a, b, noise)
+        return vmap(one, in_dims=(0, 0, 0, None if noise is None else 0))(self.params, a, b, noise)
 
     def embed_noise(self, device):
         """(N, width, 2, d) per-model noise as train.draw_embed_noise draws it (n_train rows each), or None."""
