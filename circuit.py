@@ -32,9 +32,10 @@ class Grid:
             self.basis, self.no_basis = fourier.basis_for(p, op), None
         except fourier.NoBasis as err:
             self.basis, self.no_basis = None, str(err)
-        self.in_basis = torch.zeros(p * p, dtype=torch.bool)  # the pairs the basis covers (mul: no 0 operand)
+        self.position = torch.full((p * p,), -1)  # each grid row's position pair in the basis (-1: none)
         if self.basis is not None:
-            self.in_basis[self.basis.grid_rows(p)] = True
+            self.position[self.basis.grid_rows(p)] = torch.arange(self.basis.n**2)
+        self.in_basis = self.position >= 0  # the pairs the basis covers (mul: no 0 operand)
 
     def pairs(self, split: str, in_basis: bool = False) -> torch.Tensor:
         """The data-set rows of a split; with in_basis only those whose pair the basis covers."""
@@ -51,6 +52,10 @@ class Grid:
         fourier.CHUNK_BYTES: the analysis holds a few such tables per piece, never the whole (p*p, p) grid."""
         index = torch.arange(self.p * self.p) if index is None else index
         return list(index.split(max(1, fourier.CHUNK_BYTES // (4 * self.p))))
+
+    def basis_chunks(self) -> list[torch.Tensor]:
+        """The basis's n*n position pairs (indices, in basis order) in chunks."""
+        return self.chunks(torch.arange(self.basis.n**2))
 
     def scores(self, variants, split: str = "all", in_basis: bool = False, progress: str | None = None) -> list:
         """Loss and accuracy (as loss_acc) of several logit variants over a split, one chunk at a time:
@@ -184,7 +189,7 @@ def basis_logit_chunks(model, grid):
     in position order and s the combination of each pair's positions (as fourier.logit_fit_chunked takes them)."""
     basis = grid.basis
     rows, s = basis.grid_rows(grid.p), fourier.combination(basis.n, basis.op).reshape(-1)
-    for part in grid.chunks(torch.arange(basis.n**2)):
+    for part in grid.basis_chunks():
         yield model(grid.a[rows[part]], grid.b[rows[part]])[:, basis.tokens], s[part]
 
 
@@ -200,15 +205,13 @@ def key_frequency_losses(model_or_logits, grid, keys: list[int]) -> dict:
     dirs = fourier.trig_directions(basis.n, keys, basis.op)  # (2K, n*n) over position pairs
     coefficients, total = torch.zeros(len(dirs), grid.p, dtype=torch.float64), 0
     with torch.no_grad():
-        for part in grid.chunks(torch.arange(basis.n**2)):
+        for part in grid.basis_chunks():
             logits = logits_of(rows[part]).double()
             coefficients += dirs[:, part] @ logits
             total = total + logits.sum(0)
-        position = torch.full((grid.p**2,), -1, dtype=torch.long)
-        position[rows] = torch.arange(basis.n**2)
 
         def key_part(pairs):
-            return dirs[:, position[pairs]].T @ coefficients
+            return dirs[:, grid.position[pairs]].T @ coefficients
 
         def restricted(pairs):
             return [key_part(pairs) + total / basis.n**2]

@@ -45,7 +45,7 @@ def rank_neurons(model, grid, progress=False) -> dict:
     readout, hidden_all = model.neuron_readout(), grid_hidden(model, grid)
     d = hidden_all.shape[1]
     mean = hidden_all.mean(0)
-    variance = torch.cat([part.double().var(0) for part in hidden_all.split(16, dim=1)])  # no float64 copy of all
+    variance = fourier.by_column_groups(lambda part: part.double().var(0), hidden_all)
 
     def variants(pairs):  # the model, then each neuron set to its mean, then each set to 0
         logits, cache = model.run_with_cache(grid.a[pairs], grid.b[pairs])
@@ -163,7 +163,7 @@ def correct_logit_in_basis(model_or_logits, grid) -> torch.Tensor:
     correct = basis.tokens[fourier.combination(basis.n, basis.op).reshape(-1)]
     rows = basis.grid_rows(grid.p)
     with torch.no_grad():
-        parts = [logits_of(rows[part]).gather(1, correct[part, None]) for part in grid.chunks(torch.arange(basis.n**2))]
+        parts = [logits_of(rows[part]).gather(1, correct[part, None]) for part in grid.basis_chunks()]
     return torch.cat(parts).reshape(basis.n, basis.n)
 
 

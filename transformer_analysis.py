@@ -10,9 +10,6 @@ import fourier
 from circuit import grid_activations
 from component_ablation import activation_mean, replace_at
 
-D_MODEL_GROUP = 16  # residual-stream columns per float64 Fourier transform over the grid
-
-
 def has_attention(model) -> bool:
     return hasattr(model, "W_Q")
 
@@ -49,17 +46,13 @@ def residual_key_directions(model, grid, keys: list[int]) -> dict:
         resid = grid_activations(model, grid, ["hook_resid_mid"])["hook_resid_mid"][:, 2]  # (p*p, d_model)
         at_eq = resid[rows].reshape(basis.n, basis.n, -1)
         mean = fourier.mean_float64(at_eq.reshape(len(rows), -1), 0)
-        key = torch.cat([fourier.grid_key_part(at_eq[..., i:i + D_MODEL_GROUP], keys)
-                         for i in range(0, at_eq.shape[-1], D_MODEL_GROUP)], dim=-1).reshape(len(rows), -1)
-        centred = float(sum(((part.double() - mean[i:i + D_MODEL_GROUP]) ** 2).sum()
-                            for i, part in zip(range(0, at_eq.shape[-1], D_MODEL_GROUP),
-                                               at_eq.split(D_MODEL_GROUP, dim=-1))))
+        key = fourier.by_column_groups(lambda part: fourier.grid_key_part(part, keys), at_eq).reshape(len(rows), -1)
+        centred = float(fourier.by_column_groups(lambda part: ((part.double() - part.double().mean((0, 1))) ** 2)
+                                                 .sum((0, 1)), at_eq).sum())
         out = {"key_variance_share": float(key.pow(2).sum()) / centred if centred > 0 else 0.0}
         del at_eq
-        position = torch.full((grid.p**2,), -1, dtype=torch.long)
-        position[rows] = torch.arange(len(rows))
-        replaced = {"keep_key": lambda pairs: mean + key[position[pairs]],
-                    "remove_key": lambda pairs: resid[pairs].double() - key[position[pairs]]}
+        replaced = {"keep_key": lambda pairs: mean + key[grid.position[pairs]],
+                    "remove_key": lambda pairs: resid[pairs].double() - key[grid.position[pairs]]}
         for name, value_at in replaced.items():
             def forward(pairs, value_at=value_at):
                 def replace(x):
