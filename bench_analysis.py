@@ -15,11 +15,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import torch
 
 import circuit
 import interpretability as I
 from checkpoint import load_model
+
+
+WHOLE = ("clock_pizza", "write_plots")  # phases run whole: the correct logit over every position pair; the plots
 
 
 def peak_mb() -> int:
@@ -40,41 +42,31 @@ def measure(checkpoint: str, chunks: int, out: Path) -> None:
         return pieces
 
     def phase(name, run):
+        whole_phase = name in WHOLE
+        circuit.Grid.chunks = whole if whole_phase else first_chunks
         open("/proc/self/clear_refs", "w").write("5")  # reset the peak
         start = time.perf_counter()
         value = run()
         seconds = time.perf_counter() - start
-        print(f"{name:20s} {seconds:7.1f} s, x {max(scale.values(), default=1):.1f} -> about "
-              f"{seconds * max(scale.values(), default=1) / 60:6.1f} min in full; peak {peak_mb():,} MB resident", flush=True)
+        factor = 1 if whole_phase else max(scale.values(), default=1)
+        print(f"{name:20s} {seconds:7.1f} s, x {factor:.1f} -> about {seconds * factor / 60:6.1f} min in full; "
+              f"peak {peak_mb():,} MB resident", flush=True)
         return value
 
     print(f"p = {grid.p}: {len(grid.chunks())} chunks of pairs; estimated peak (analysis_bytes) "
           f"{I.analysis_bytes(model) / 2**30:.1f} GB")
-    circuit.Grid.chunks = first_chunks
     try:
-        with torch.no_grad():
-            ranking = phase("rank_neurons", lambda: I.rank_neurons(model, grid))
-            curves = phase("ablation_curves", lambda: I.ablation_curves(model, grid, ranking["causal_order"]))
-            size, keep = phase("circuit_size", lambda: I.circuit_size(model, grid, ranking["causal_order"]))
-            losses = phase("losses", lambda: {s: dict(zip(("loss", "acc"), grid.score(model, s)))
-                                              for s in ("all", "train", "test")})
-            f = phase("fourier_analysis", lambda: I.fourier_analysis(model, grid))
-            if f["basis"] is not None:  # neither depends on the cut-short loops
-                clusters = Counter(k for k, share in zip(f["neuron_frequency"], f["neuron_frequency_fraction"])
-                                   if share >= I.NEURON_FRACTION)
-                print(f"  spectrum candidates {f['key_frequency_candidates']}; neurons with >= "
-                      f"{I.NEURON_FRACTION:.0%} of their variance in one frequency: {dict(sorted(clusters.items()))}")
-            components = phase("component_ablations", lambda: I.component_ablations(model, grid, f["key_frequencies"]))
-            scale.clear()
-            circuit.Grid.chunks = whole  # the correct logit over every position pair
-            verdict = phase("clock_pizza", lambda: I.clock_pizza.clock_or_pizza(
-                model, grid.p, grid.op, correct_logit=I.correct_logit_in_basis(model, grid)))
-        result = {"losses": losses, "ranking": ranking, "ablation_curves": curves, "circuit_size": size,
-                  "circuit_keep_acc": keep, "fourier": f, "components": components, "clock_pizza": verdict}
+        result = I.analyze(model, grid, phase=phase)
         out.mkdir(parents=True, exist_ok=True)
         phase("write_plots", lambda: I.write_plots(model, grid, result, out))
     finally:
         circuit.Grid.chunks = whole
+    f = result["fourier"]
+    if f["basis"] is not None:  # neither depends on the cut-short loops
+        clusters = Counter(k for k, share in zip(f["neuron_frequency"], f["neuron_frequency_fraction"])
+                           if share >= I.NEURON_FRACTION)
+        print(f"spectrum candidates {f['key_frequency_candidates']}; neurons with >= {I.NEURON_FRACTION:.0%} "
+              f"of their variance in one frequency: {dict(sorted(clusters.items()))}")
     print(f"lifetime peak: {peak_mb():,} MB resident (the last phase's; each phase's is above)")
 
 

@@ -137,22 +137,26 @@ def circuit_size(model, grid, causal_order, threshold: float = 0.99) -> tuple[in
     return size, accs
 
 
-def analyze(model, grid, draws: int = 5, progress: bool = False) -> dict:
-    """The whole analysis of a model in memory; returns plain data plus tensors for the plots."""
+def analyze(model, grid, draws: int = 5, progress: bool = False, phase=None) -> dict:
+    """The whole analysis of a model in memory; returns plain data plus tensors for the plots.
+    phase(name, run) -> run(), if given, wraps each step (bench_analysis.py times them)."""
+    phase = phase or (lambda name, run: run())
     with torch.no_grad():
-        ranking = rank_neurons(model, grid, progress)
-        curves = ablation_curves(model, grid, ranking["causal_order"], draws)
-        size, keep_accs = circuit_size(model, grid, ranking["causal_order"])
-        losses = {split: dict(zip(("loss", "acc"), grid.score(model, split))) for split in ("all", "train", "test")}
-    f = fourier_analysis(model, grid)
+        ranking = phase("rank_neurons", lambda: rank_neurons(model, grid, progress))
+        order = ranking["causal_order"]
+        curves = phase("ablation_curves", lambda: ablation_curves(model, grid, order, draws))
+        size, keep_accs = phase("circuit_size", lambda: circuit_size(model, grid, order))
+        losses = phase("losses", lambda: {split: dict(zip(("loss", "acc"), grid.score(model, split)))
+                                          for split in ("all", "train", "test")})
+    f = phase("fourier_analysis", lambda: fourier_analysis(model, grid))
     result = {"losses": losses, "ranking": ranking, "ablation_curves": curves, "circuit_size": size,
               "circuit_keep_acc": keep_accs, "fourier": f,
-              "components": component_ablations(model, grid, f["key_frequencies"])}
+              "components": phase("component_ablations", lambda: component_ablations(model, grid, f["key_frequencies"]))}
     if grid.basis is not None:
-        result["clock_pizza"] = clock_pizza.clock_or_pizza(model, grid.p, grid.op,
-                                                           correct_logit=correct_logit_in_basis(model, grid))
+        result["clock_pizza"] = phase("clock_pizza", lambda: clock_pizza.clock_or_pizza(
+            model, grid.p, grid.op, correct_logit=correct_logit_in_basis(model, grid)))
     if transformer_analysis.has_attention(model):
-        result["transformer"] = transformer_analysis.analyze(model, grid, f["key_frequencies"])
+        result["transformer"] = phase("transformer", lambda: transformer_analysis.analyze(model, grid, f["key_frequencies"]))
     return result
 
 
