@@ -13,11 +13,6 @@ from dataset import make_table
 from model import cross_entropy_per_row
 
 
-def is_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(rows,) bool: the correct logit is strictly the largest (as cross_entropy_per_row counts it)."""
-    return (logits >= logits.gather(-1, y[:, None])).sum(-1) == 1  # only the correct one reaches it
-
-
 class Grid:
     """All p*p input pairs (a major, b minor) and, for the pairs the op defines, labels and splits;
     and the op's Fourier basis (fourier.basis_for), or None with the reason in no_basis."""

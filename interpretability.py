@@ -18,14 +18,16 @@ import fourier
 import plots
 import transformer_analysis
 from circuit import (NEURON_FRACTION, REMOVAL_LOSS_RATIO, Grid, fourier_analysis, frequency_ablation,  # noqa: F401
-                     frequency_removal, grid_activations, hidden_input_power, is_correct, key_frequency_losses,
+                     frequency_removal, grid_activations, hidden_input_power, key_frequency_losses,
                      logits_function, model_key_frequencies, non_key_removal, operand_power, select_key_frequencies,
                      token_embedding)
 from component_ablation import component_ablations
 from checkpoint import CheckpointError, load_model
+from model import cross_entropy_of_margins, margins
 from utils import OutputDirError, available_bytes, check_output_dir, provenance, write_json
 
 ABLATION_KS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+CACHE_BYTES = 2**22  # row_blocks
 
 
 def ablated_logits(logits, hidden, readout, neurons, values) -> torch.Tensor:
@@ -34,9 +36,40 @@ def ablated_logits(logits, hidden, readout, neurons, values) -> torch.Tensor:
 
     The neurons (hidden_post) feed the logits linearly through readout = model.neuron_readout(), so
     this is the hooked forward pass (model.ablate_neurons) in one matmul; tests check they agree.
-    The one way every neuron ablation of the analysis is computed."""
+    The ablation loops take a faster route to the same losses (margin_update; tests check it)."""
     neurons = torch.as_tensor(neurons, dtype=torch.long)
     return logits + (values[..., neurons] - hidden[:, neurons]) @ readout[neurons]
+
+
+def margin_update(delta, readout, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """Changing k neurons by delta (rows, k), read out to the logits by readout (k, p), moves every
+    margin z_c - z_y (model.margins) by u_c - u_y, u = delta @ readout: the margins plus left @ right,
+    left = [delta, -u_y] (rows, k + 1), right = [readout; 1] (k + 1, p). Updating the margins this way,
+    a block of rows at a time that stays in cache, makes about a third of the passes over memory of
+    ablated_logits + cross_entropy_per_row (2.8x faster single-neuron ablations at p = 1009)."""
+    u_y = (delta * readout[:, y].T).sum(1, keepdim=True)
+    return torch.cat([delta, -u_y], 1), torch.cat([readout, readout.new_ones(1, readout.shape[1])])
+
+
+def row_blocks(table: torch.Tensor) -> list[slice]:
+    """table's rows in blocks of about CACHE_BYTES (a block's updated margins stay in cache)."""
+    rows = max(1, CACHE_BYTES // max(1, table[0].nbytes))
+    return [slice(start, start + rows) for start in range(0, len(table), rows)]
+
+
+def ablation_sums(margin, hidden, readout, y, neurons, values) -> torch.Tensor:
+    """(2,) float64: the loss and correct count summed over the rows of margin = margins(logits, y) with
+    the neurons set to values[neurons] (ablated_logits then cross_entropy_per_row; tests check they agree)."""
+    left, right = margin_update(values[neurons] - hidden[:, neurons], readout[neurons], y)
+    sums = [cross_entropy_of_margins(torch.addmm(margin[rows], left[rows], right)) for rows in row_blocks(margin)]
+    return torch.stack([sum(loss.sum() for loss, _ in sums), sum(correct.sum() for _, correct in sums).double()])
+
+
+def chunk_runs(model, grid, progress: str | None = None):
+    """(labels, logits, hidden_post) of the data set's pairs, one chunk of pairs (Grid.chunks) at a time."""
+    for part in tqdm(grid.chunks(grid.split["all"]), desc=progress, disable=progress is None, leave=False):
+        logits, cache = model.run_with_cache(grid.a[grid.rows[part]], grid.b[grid.rows[part]])
+        yield grid.y[part], logits, cache["hidden_post"]
 
 
 def rank_neurons(model, grid, progress=False) -> dict:
@@ -46,17 +79,15 @@ def rank_neurons(model, grid, progress=False) -> dict:
     d = hidden_all.shape[1]
     mean = hidden_all.mean(0)
     variance = fourier.by_column_groups(lambda part: part.double().var(0), hidden_all)
-
-    def variants(pairs):  # the model, then each neuron set to its mean, then each set to 0
-        logits, cache = model.run_with_cache(grid.a[pairs], grid.b[pairs])
-        hidden = cache["hidden_post"]
-        yield logits
-        for values in (mean, torch.zeros_like(mean)):
-            for n in range(d):
-                yield ablated_logits(logits, hidden, readout, [n], values)
-
-    scores = torch.tensor(grid.scores(variants, progress="single-neuron ablations" if progress else None),
-                          dtype=torch.float64)
+    sums = torch.zeros(2 * d + 1, 2, dtype=torch.float64)  # loss, correct: the model, each neuron at its mean, at 0
+    for y, logits, hidden in chunk_runs(model, grid, "single-neuron ablations" if progress else None):
+        margin = margins(logits, y)
+        for n in range(d):
+            sums[1 + n] += ablation_sums(margin, hidden, readout, y, [n], mean)
+            sums[1 + d + n] += ablation_sums(margin, hidden, readout, y, [n], torch.zeros_like(mean))
+        loss, correct = cross_entropy_of_margins(margin)
+        sums[0] += torch.stack([loss.sum(), correct.sum().double()])
+    scores = sums / len(grid.split["all"])
     (base_loss, base_acc), mean_scores, zero_scores = scores[0].tolist(), scores[1:d + 1], scores[d + 1:]
     mean_loss, zero_loss = mean_scores[:, 0], zero_scores[:, 0]
     causal_order = torch.argsort(mean_loss - base_loss, descending=True)
@@ -100,15 +131,16 @@ def ablation_curves(model, grid, causal_order, draws: int = 5, seed: int = 0) ->
         sets[mode, "random"] = [[chosen(torch.randperm(d, generator=gen), k) for _ in range(draws)] for k in ks]
     flat = [neurons for per_k in sets.values() for group in per_k for neurons in group]
 
-    def variants(pairs):
-        logits, cache = model.run_with_cache(grid.a[pairs], grid.b[pairs])
-        return (ablated_logits(logits, cache["hidden_post"], readout, neurons, mean) for neurons in flat)
-
-    scores = iter(grid.scores(variants))
+    sums = torch.zeros(len(flat), 2, dtype=torch.float64)  # loss, correct
+    for y, logits, hidden in chunk_runs(model, grid):
+        margin = margins(logits, y)
+        for v, neurons in enumerate(flat):
+            sums[v] += ablation_sums(margin, hidden, readout, y, neurons, mean)
+    scores = iter((sums / len(grid.split["all"])).tolist())
     out = {"k": ks}
     for mode in ("ablate", "keep"):
         top = [next(scores) for _ in ks]
-        rand = torch.tensor([[next(scores) for _ in range(draws)] for _ in ks])  # (len(ks), draws, 2): loss, acc
+        rand = torch.tensor([[next(scores) for _ in range(draws)] for _ in ks], dtype=torch.float64)  # (len(ks), draws, 2): loss, acc
         out[mode] = {"top_loss": [t[0] for t in top], "top_acc": [t[1] for t in top],
                      "random_loss_mean": rand[..., 0].mean(1).tolist(),  # std: the spread of these draws (0 for one)
                      "random_loss_std": rand[..., 0].std(1, correction=0).tolist(),
@@ -120,19 +152,20 @@ def ablation_curves(model, grid, causal_order, draws: int = 5, seed: int = 0) ->
 def circuit_size(model, grid, causal_order, threshold: float = 0.99) -> tuple[int | None, list[float]]:
     """Smallest k whose top-k neurons (causal order), with all others mean-ablated, keep accuracy
     >= threshold on all pairs. Also returns the accuracy for every k = 0..d_hidden."""
-    readout, mean = model.neuron_readout().double(), fourier.mean_float64(grid_hidden(model, grid), 0)
-    correct = torch.zeros(len(causal_order) + 1, dtype=torch.long)
-    data_rows = grid.split["all"]
-    for part in grid.chunks(data_rows):
-        logits, cache = model.run_with_cache(grid.a[grid.rows[part]], grid.b[grid.rows[part]])
-        hidden, y = cache["hidden_post"].double(), grid.y[part]
-        current = ablated_logits(logits.double(), hidden, readout, causal_order, mean)  # every neuron at its mean
-        counts = [is_correct(current, y).sum()]
-        for n in causal_order.tolist():  # give the neurons back one at a time: mean -> own activation
-            current = ablated_logits(current, mean.expand_as(hidden), readout, [n], hidden)
-            counts.append(is_correct(current, y).sum())
-        correct += torch.stack(counts)
-    accs = (correct.double() / len(data_rows)).tolist()
+    order = causal_order.tolist()
+    readout, mean = model.neuron_readout().double()[order], fourier.mean_float64(grid_hidden(model, grid), 0)[order]
+    correct = torch.zeros(len(order) + 1, dtype=torch.long)
+    for y, logits, hidden in chunk_runs(model, grid):
+        hidden = hidden.double()[:, order]
+        margin = margins(ablated_logits(logits.double(), hidden, readout, torch.arange(len(order)), mean), y)  # all at mean
+        updates = [margin_update(hidden[:, [k]] - mean[k], readout[[k]], y) for k in range(len(order))]  # k given back
+        for rows in row_blocks(margin):
+            block, ok = margin[rows], torch.empty(len(order) + 1, len(y[rows]), dtype=torch.bool)
+            torch.lt(block.amax(-1), 0, out=ok[0])
+            for k, (left, right) in enumerate(updates):
+                torch.lt(block.addmm_(left[rows], right).amax(-1), 0, out=ok[k + 1])
+            correct += ok.sum(1)
+    accs = (correct.double() / len(grid.split["all"])).tolist()
     size = next((k for k, acc in enumerate(accs) if acc >= threshold), None)
     return size, accs
 

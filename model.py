@@ -150,9 +150,19 @@ def cross_entropy_per_row(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.
     Computed relative to the correct logit, loss = log(1 + sum_{c != y} exp(z_c - z_y)), with log1p
     when the correct logit is the largest: this keeps full relative precision for tiny losses
     (a trained model's are ~1e-6) even in float32, where log_softmax would round them away."""
+    return cross_entropy_of_margins(margins(logits, y))
+
+
+def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_c - z_y for every logit c of (..., N, p) logits against labels y (N,), -inf at c = y."""
     index = y.expand(*logits.shape[:-1])[..., None]
-    diff = logits - logits.gather(-1, index)  # z_c - z_y
-    diff.scatter_(-1, index, float("-inf"))  # leave out c = y
+    diff = logits - logits.gather(-1, index)
+    return diff.scatter_(-1, index, float("-inf"))  # leave out c = y
+
+
+def cross_entropy_of_margins(diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cross_entropy_per_row from margins(logits, y); overwrites diff. Callers that change logits by
+    low-rank updates (neuron ablations) update the margins instead and skip the logits."""
     top = diff.max(-1).values
     shift = top.clamp_min(0)  # > 0 only where a wrong logit beats the correct one
     rest = diff.sub_(shift[..., None]).exp_().sum(-1).double()

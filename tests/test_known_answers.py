@@ -287,7 +287,16 @@ def test_findings_do_not_depend_on_the_order_of_the_neurons(perm):
     torch.testing.assert_close(q["mean_ablation_loss_increase"], r["mean_ablation_loss_increase"][perm],
                                rtol=1e-4, atol=1e-7)
     assert perm[q["causal_order"][0]] == r["causal_order"][0] == parts["top"]
-    assert other["circuit_size"] == original["circuit_size"], (original["circuit_keep_acc"], other["circuit_keep_acc"])
+    # The network has groups of neurons with equal effects (up to rounding), whose order in the causal
+    # order rounding decides; wherever both orders' top k are the same neurons, the circuit keeps the
+    # same accuracy, and the circuit size lies in the same group of tied neurons.
+    same = [k for k in range(model.d_hidden + 1)
+            if set(perm[q["causal_order"][:k]].tolist()) == set(r["causal_order"][:k].tolist())]
+    assert len(same) > model.d_hidden // 2
+    for k in same:
+        assert other["circuit_keep_acc"][k] == pytest.approx(original["circuit_keep_acc"][k], abs=1e-9), k
+    group = lambda size: (max(k for k in same if k < size), min(k for k in same if k >= size))  # noqa: E731
+    assert group(other["circuit_size"]) == group(original["circuit_size"])
 
 
 def test_the_command_line_reports_the_known_answers(tmp_path, capsys):
@@ -567,7 +576,7 @@ def test_random_curves_are_the_seeded_draws_by_weight_surgery():
                 order = torch.randperm(d, generator=gen)
                 chosen = order[:k] if mode == "ablate" else order[k:]
                 results.append(direct_loss_acc(with_constant_neurons(model, chosen.tolist(), means), grid))
-            losses, accs = torch.tensor([r[0] for r in results]), torch.tensor([r[1] for r in results])
+            losses, accs = (torch.tensor([r[j] for r in results], dtype=torch.float64) for j in (0, 1))
             c = curves[mode]
             assert c["random_loss_mean"][i] == pytest.approx(float(losses.mean()), rel=1e-4)
             assert c["random_acc_mean"][i] == pytest.approx(float(accs.mean()), abs=1e-9)
