@@ -47,7 +47,7 @@ def margin_update(delta, readout, y) -> tuple[torch.Tensor, torch.Tensor]:
     left = [delta, -u_y] (rows, k + 1), right = [readout; 1] (k + 1, p). Updating the margins this way,
     a block of rows at a time that stays in cache, makes about a third of the passes over memory of
     ablated_logits + cross_entropy_per_row (single-neuron ablations 2.9x faster at p = 1009)."""
-    u_y = (delta * readout[:, y].T).sum(1, keepdim=True)
+    u_y = torch.linalg.vecdot(delta, readout.T.contiguous()[y])[:, None]  # rows of readout.T: a fast gather
     return torch.cat([delta, -u_y], 1), torch.cat([readout, readout.new_ones(1, readout.shape[1])])
 
 
