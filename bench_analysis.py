@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-
 import circuit
 import interpretability as I
 from checkpoint import load_model

@@ -5,7 +5,6 @@ analysis) and progress.py (the same measures over a run's snapshots); both impor
 Everything runs over the pairs in chunks (Grid.chunks): memory grows as p^2 x d_hidden, not as p^3.
 """
 import torch
-from tqdm import tqdm
 
 import fourier
 from component_ablation import embedding_with
@@ -52,13 +51,13 @@ class Grid:
         """The basis's n*n position pairs (indices, in basis order) in chunks."""
         return self.chunks(torch.arange(self.basis.n**2))
 
-    def scores(self, variants, split: str = "all", in_basis: bool = False, progress: str | None = None) -> list:
+    def scores(self, variants, split: str = "all", in_basis: bool = False) -> list:
         """Loss and accuracy (as loss_acc) of several logit variants over a split, one chunk at a time:
         variants(pairs) yields each variant's (rows, p) logits on the grid rows `pairs` (the same number of
         variants for every chunk, so work shared by the variants is done once per chunk). [(loss, acc), ...]"""
         idx = self.pairs(split, in_basis)
         sums = []
-        for part in tqdm(self.chunks(idx), desc=progress, disable=progress is None, leave=False):
+        for part in self.chunks(idx):
             for v, logits in enumerate(variants(self.rows[part])):
                 loss, correct = cross_entropy_per_row(logits, self.y[part])
                 if v == len(sums):

@@ -155,10 +155,9 @@ def circuit_size(model, grid, causal_order, threshold: float = 0.99) -> tuple[in
     >= threshold on all pairs. Also returns the accuracy for every k = 0..d_hidden."""
     order = causal_order.tolist()
     readout, mean = model.neuron_readout().double()[order], fourier.mean_float64(grid_hidden(model, grid), 0)[order]
-    correct = torch.zeros(len(order) + 1, dtype=torch.long)
+    correct, every = torch.zeros(len(order) + 1, dtype=torch.long), torch.arange(len(order))
     for y, logits, hidden in chunk_runs(model, grid):
         hidden = hidden.double()[:, order]
-        every = torch.arange(len(order))
         margin = margins(ablated_logits(logits.double(), hidden, readout, every, mean), y)  # every neuron at its mean
         updates = [margin_update(hidden[:, [k]] - mean[k], readout[[k]], y) for k in range(len(order))]  # k given back
         for rows in row_blocks(margin):

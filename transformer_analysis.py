@@ -10,6 +10,7 @@ import fourier
 from circuit import grid_activations
 from component_ablation import activation_mean, replace_at
 
+
 def has_attention(model) -> bool:
     return hasattr(model, "W_Q")
 
