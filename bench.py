@@ -32,13 +32,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from batched import Stack
-from checkpoint import build_model
+from config import ARCH_DEFAULTS, ARCH_FLAGS, LOSS_DTYPES, Config, model_config
+from core.checkpoint import build_model
+from core.training import epoch_runner, evaluate, make_optimizer, train, train_one_epoch
+from core.utils import provenance, resolve_device
 from dataset import make_data
 from model import ToyMLP
-from train import (ARCH_DEFAULTS, ARCH_FLAGS, LOSS_DTYPES, Config, epoch_runner, evaluate, make_optimizer,
-                   model_config, train, train_one_epoch)
-from utils import provenance, resolve_device
+from sweeps.batched import Stack
 
 
 class NaiveMLP(nn.Module):
@@ -139,7 +139,7 @@ def seconds_to_grok(cfg: Config, seeds) -> list[float]:
 
 def single_rate(cfg: Config, epochs: int, graph: bool = True) -> float:
     """Model-steps per second of train.py's loop: full-batch epochs, an evaluation every eval_every. On CUDA
-    its step is a CUDA graph replay (train.CapturedStep), or with graph=False the eager step."""
+    its step is a CUDA graph replay (training.CapturedStep), or with graph=False the eager step."""
     device = resolve_device(cfg.device)
     data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed).to(device)
     model = build_model(model_config(cfg)).to(device)

@@ -15,10 +15,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import circuit
-import interpretability as I
-from checkpoint import load_model
-
+import interpretability
+from analysis import circuit
+from analysis.summary import analysis_bytes, analyze
+from core.checkpoint import load_model
 
 WHOLE = ("clock_pizza", "write_plots")  # phases run whole: the correct logit over every position pair; the plots
 
@@ -30,7 +30,7 @@ def peak_mb() -> int:
 def measure(checkpoint: str, chunks: int, out: Path) -> None:
     model, ckpt = load_model(checkpoint)
     cfg = ckpt["config"]
-    grid = I.Grid(cfg["p"], cfg["op"], ckpt["train_idx"], ckpt["test_idx"])
+    grid = circuit.Grid(cfg["p"], cfg["op"], ckpt["train_idx"], ckpt["test_idx"])
     whole, scale = circuit.Grid.chunks, {}
 
     def first_chunks(self, index=None):  # a split's loop stops early; grids over all pairs do not
@@ -53,18 +53,18 @@ def measure(checkpoint: str, chunks: int, out: Path) -> None:
         return value
 
     print(f"p = {grid.p}: {len(grid.chunks())} chunks of pairs; estimated peak (analysis_bytes) "
-          f"{I.analysis_bytes(model) / 2**30:.1f} GB")
+          f"{analysis_bytes(model) / 2**30:.1f} GB")
     try:
-        result = I.analyze(model, grid, phase=phase)
+        result = analyze(model, grid, phase=phase)
         out.mkdir(parents=True, exist_ok=True)
-        phase("write_plots", lambda: I.write_plots(model, grid, result, out))
+        phase("write_plots", lambda: interpretability.write_plots(model, grid, result, out))
     finally:
         circuit.Grid.chunks = whole
     f = result["fourier"]
     if f["basis"] is not None:  # neither depends on the cut-short loops
         clusters = Counter(k for k, share in zip(f["neuron_frequency"], f["neuron_frequency_fraction"])
-                           if share >= I.NEURON_FRACTION)
-        print(f"spectrum candidates {f['key_frequency_candidates']}; neurons with >= {I.NEURON_FRACTION:.0%} "
+                           if share >= circuit.NEURON_FRACTION)
+        print(f"spectrum candidates {f['key_frequency_candidates']}; neurons with >= {circuit.NEURON_FRACTION:.0%} "
               f"of their variance in one frequency: {dict(sorted(clusters.items()))}")
     print(f"lifetime peak: {peak_mb():,} MB resident (the last phase's; each phase's is above)")
 

@@ -19,7 +19,10 @@ from pathlib import Path
 import interpretability
 import progress
 import report
-from train import ARCH_DEFAULTS, ARCH_FLAGS, ARCH_NAMES, Config, train, validate
+from analysis.progress_measures import describe
+from analysis.summary import findings
+from config import ARCH_DEFAULTS, ARCH_FLAGS, ARCH_NAMES, Config, validate
+from core.training import train
 
 
 def main(argv=None) -> int:
@@ -58,8 +61,8 @@ def main(argv=None) -> int:
           f"(train accuracy >= 99%) while test accuracy stayed near zero.")
     print(f"- It generalized (test accuracy >= 99%) only at epoch {t['grokking_epoch']}, "
           f"{t['grokking_delay']:.0f}x later: grokking. Final test accuracy {t['final_test_acc']:.1%}.")
-    print(f"- {progress.describe(replay)}")
-    for line in interpretability.findings(summary)[1:]:
+    print(f"- {describe(replay)}")
+    for line in findings(summary)[1:]:
         print(f"- {line}")
     print(f"\nPlots: {results / 'training_curves.png'}, {results / 'progress_measures.png'}, "
           + ", ".join(str(p) for p in paths))

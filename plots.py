@@ -1,12 +1,13 @@
 """Plot functions: each takes arrays and a path, writes one PNG and closes its figure."""
+import textwrap
 from pathlib import Path
 
-import numpy as np
-
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only: no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 TRAIN_COLOR, TEST_COLOR = "tab:blue", "tab:orange"
 
@@ -195,7 +196,7 @@ def plot_frequency_ablation(results, base, path) -> None:
     _save(fig, path)
 
 
-PHASE_COLORS = {"memorization": "tab:blue", "circuit formation": "gold", "clean-up": "tab:green"}
+TRAINING_PHASE_COLORS = {"memorization": "tab:blue", "circuit formation": "gold", "clean-up": "tab:green"}
 
 
 def plot_progress_measures(series, phases, grokking_epoch, keys, path) -> None:
@@ -229,7 +230,7 @@ def plot_progress_measures(series, phases, grokking_epoch, keys, path) -> None:
     for ax in axes.flat:
         for name, start, stop in spans:
             if start is not None and stop is not None:
-                ax.axvspan(start, stop, color=PHASE_COLORS[name], alpha=0.12, label=f"{name} ({start}-{stop})")
+                ax.axvspan(start, stop, color=TRAINING_PHASE_COLORS[name], alpha=0.12, label=f"{name} ({start}-{stop})")
         if grokking_epoch is not None:
             ax.axvline(grokking_epoch, color="k", ls=":", lw=1, label=f"test acc 99% (epoch {grokking_epoch})")
         ax.set_xscale("symlog", linthresh=10)
@@ -261,7 +262,7 @@ def plot_attention_patterns(patterns, head_ablations, path) -> None:
 
 def plot_component_ablation(rows, base, path) -> None:
     """One bar pair (zero, mean ablation) per component: accuracy and loss on all pairs, the model's own
-    as a dashed line. rows: component_ablation.component_ablations."""
+    as a dashed line. rows: analysis.components.component_ablations."""
     names = [r["component"] for r in rows]
     y = np.arange(len(rows))
     fig, axes = plt.subplots(1, 2, figsize=(13, 1.2 + 0.38 * len(rows)), sharey=True, layout="constrained")
@@ -281,3 +282,61 @@ def plot_component_ablation(rows, base, path) -> None:
                  "(a bias's mean is itself; a frequency averages to 0 over the tokens, so its two bars agree)",
                  fontsize=10)
     _save(fig, path)
+
+
+REGIME_COLORS = {"comprehension": "#a6dba0", "grokking": "#92c5de", "memorization": "#f4a582", "confusion": "#d9d9d9",
+          "diverged": "#636363", "tie": "#ffffff"}
+
+
+def _cell_text(cell: dict, regimes) -> str:
+    n, counts = cell["n"], cell["counts"]
+    lines = [f"{counts[r]}/{n} {r}" for r in regimes if r in counts]
+    if cell["median_grokking_epoch"] is not None:
+        lines.append(f"epoch {cell['median_grokking_epoch']:g}")
+    if cell["median_delay"] is not None:
+        lines.append(f"delay {cell['median_delay']:.1f}x")
+    return "\n".join(lines)
+
+
+def plot_phase_diagram(data: dict, path, x_label: str, y_label: str, title: str, regimes, rule: str,
+                       bar: float) -> None:
+    """Draw sweeps.regimes.regime_cells() output: one square per (x, y) cell, coloured by its majority run regime
+    (hatched white for a tie), with the regime counts, the median epoch of `bar` test accuracy and the median
+    delay in it; regimes: their order in the legend; rule: the regime rule, printed below the plot."""
+    xs, ys, cells = data["x"], data["y"], data["cells"]
+    fig, ax = plt.subplots(figsize=(2.2 * len(xs) + 3.2, 1.3 * len(ys) + 1.8))
+    for i, xv in enumerate(xs):
+        for j, yv in enumerate(ys):
+            cell = cells.get((xv, yv))
+            if cell is None:
+                ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor="white", edgecolor="0.6", lw=0.5))
+                ax.text(i, j, "no runs", ha="center", va="center", fontsize=8, color="0.5")
+                continue
+            regime = cell["regime"]
+            ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=REGIME_COLORS[regime], edgecolor="white", lw=2))
+            if regime == "tie":  # the hatch takes the edge colour: a second, unfilled rectangle draws it in grey
+                ax.add_patch(plt.Rectangle((i - 0.48, j - 0.48), 0.96, 0.96, fill=False, edgecolor="0.7", lw=0,
+                                           hatch="//"))
+            ax.text(i, j, _cell_text(cell, regimes), ha="center", va="center", fontsize=8,
+                    color="white" if regime == "diverged" else "black",
+                    bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 1} if regime == "tie" else None)
+    ax.set(xlim=(-0.5, len(xs) - 0.5), ylim=(-0.5, len(ys) - 0.5), xticks=range(len(xs)), yticks=range(len(ys)),
+           xlabel=x_label, ylabel=y_label)
+    ax.set_xticklabels([f"{v:g}" if isinstance(v, float) else str(v) for v in xs])
+    ax.set_yticklabels([f"{v:g}" if isinstance(v, float) else str(v) for v in ys])
+    seen = {c["regime"] for c in cells.values()}
+    handles = [Patch(facecolor=REGIME_COLORS[r], edgecolor="0.5", label=r) for r in regimes  # Liu's four always
+               if r != "diverged" or r in seen]
+    if "tie" in seen:
+        handles.append(Patch(facecolor="white", edgecolor="0.5", hatch="//", label="tie (no majority)"))
+    ax.legend(handles=handles, title="majority run regime\nover the seeds", loc="upper left", bbox_to_anchor=(1.02, 1),
+              fontsize=8, title_fontsize=8, frameon=False)
+    ax.text(1.02, 0.0, f"In each cell: runs per regime;\nepoch: median epoch at which\ntest accuracy reached {bar:.0%};\n"
+                       f"delay: median of that epoch /\nthe epoch train reached {bar:.0%}\n(both over the runs that\n"
+                       f"reached {bar:.0%} test).",
+            transform=ax.transAxes, fontsize=7.5, va="bottom", ha="left")
+    ax.set_title(title, fontsize=10)
+    fig.text(0.01, -0.02, textwrap.fill("Run regimes: " + rule + ".", 180), fontsize=7, va="top")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

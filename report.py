@@ -23,17 +23,18 @@ import torch
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-import fourier
-import interpretability
-import progress
-import transformer_analysis
-from checkpoint import CheckpointError, load_model
+from analysis import attention, fourier
+from analysis.circuit import Grid, grid_activations, hidden_input_power, model_key_frequencies, token_embedding
+from analysis.neurons import reindex_by_frequency
+from analysis.progress_measures import describe
+from analysis.summary import findings
+from core.checkpoint import CheckpointError, load_model
+from core.utils import OutputDirError, atomic_write, check_output_dir
 from dataset import SYMBOLS
-from utils import OutputDirError, atomic_write, check_output_dir
 
 TRAIN, TEST, KEY, OTHER = "#1f77b4", "#ff7f0e", "#d62728", "#9e9e9e"
 NEURON_BYTES = 6_000_000  # the explorer's share of the page: 32 neurons at p = 113, fewer for a larger p
-PHASE_COLORS = {"memorization": "rgba(31,119,180,0.12)", "circuit formation": "rgba(255,215,0,0.18)",
+TRAINING_PHASE_COLORS = {"memorization": "rgba(31,119,180,0.12)", "circuit formation": "rgba(255,215,0,0.18)",
                 "clean-up": "rgba(44,160,44,0.14)"}
 
 
@@ -52,12 +53,12 @@ def load_run(checkpoint_dir="checkpoints", results_dir="results") -> dict:
     try:
         run["model"], run["ckpt"] = load_model(ckpt_dir / "model_final.pth")
         cfg = run["ckpt"]["config"]
-        run["grid"] = interpretability.Grid(cfg["p"], cfg["op"], run["ckpt"]["train_idx"], run["ckpt"]["test_idx"])
+        run["grid"] = Grid(cfg["p"], cfg["op"], run["ckpt"]["train_idx"], run["ckpt"]["test_idx"])
     except CheckpointError as err:
         run["notes"]["model"] = str(err)
     run["snapshots"] = sorted((ckpt_dir / "snapshots").glob("epoch_*.pth"))
     run["keys"] = ((run["analysis_summary"] or {}).get("key_frequencies")
-                   or (interpretability.model_key_frequencies(run["model"], run["grid"]) if run["model"] is not None else []))
+                   or (model_key_frequencies(run["model"], run["grid"]) if run["model"] is not None else []))
     return run
 
 
@@ -80,7 +81,7 @@ def snapshot_series(paths, grid, keys: list[int]) -> list[dict]:
     with torch.no_grad():
         for path in paths:
             model, ckpt = load_model(path)
-            power = fourier.power_per_frequency(grid.basis.table(interpretability.token_embedding(model)))
+            power = fourier.power_per_frequency(grid.basis.table(token_embedding(model)))
             out.append({"epoch": ckpt["epoch"], "share": (power / power.sum()).numpy(),
                         "key_share": fourier.power_fraction(power, keys),  # accuracies: chunk by chunk over pairs
                         "train_acc": grid.score(model, "train")[1], "test_acc": grid.score(model, "test")[1]})
@@ -90,10 +91,10 @@ def snapshot_series(paths, grid, keys: list[int]) -> list[dict]:
 def neuron_activations(model, grid, neurons: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each row of neuron_ranking.json: its activation over (a, b), raw and re-ordered by its frequency."""
     with torch.no_grad():
-        hidden = interpretability.grid_activations(model, grid)["hidden_post"]
+        hidden = grid_activations(model, grid)["hidden_post"]
     hidden = hidden if grid.basis is None else grid.basis.grid(hidden)  # over the basis's positions (mul: logs)
     return [(hidden[..., n["neuron"]].numpy(),
-             interpretability.reindex_by_frequency(hidden[..., n["neuron"]], n["dominant_frequency"]).numpy())
+             reindex_by_frequency(hidden[..., n["neuron"]], n["dominant_frequency"]).numpy())
             for n in neurons]
 
 
@@ -110,9 +111,9 @@ def _typed(array: np.ndarray) -> dict:
     return {"dtype": "f4", "bdata": base64.b64encode(a.tobytes()).decode(), "shape": ", ".join(map(str, a.shape))}
 
 
-def add_phase_bands(fig, phases: dict | None, end: int, first: float = 0, log: bool = False, names: bool = True,
+def add_training_phase_bands(fig, phases: dict | None, end: int, first: float = 0, log: bool = False, names: bool = True,
                     **where) -> None:
-    """Shade memorization / circuit formation / clean-up (progress.phase_boundaries) on the x axis in `where`,
+    """Shade memorization / circuit formation / clean-up (training_phases) on the x axis in `where`,
     named at the top (log: a log axis, where plotly places annotations, unlike shapes, by log10 of the epoch)."""
     if not phases or phases.get("memorization_end") is None:
         return
@@ -123,7 +124,7 @@ def add_phase_bands(fig, phases: dict | None, end: int, first: float = 0, log: b
         if start is not None:
             spans.append(("clean-up", start, stop if stop is not None else end))
     for name, x0, x1 in spans:  # shapes take the epoch, annotations on a log axis its log10
-        fig.add_vrect(x0=max(x0, first), x1=x1, fillcolor=PHASE_COLORS[name], line_width=0, layer="below", **where)
+        fig.add_vrect(x0=max(x0, first), x1=x1, fillcolor=TRAINING_PHASE_COLORS[name], line_width=0, layer="below", **where)
         if names:
             fig.add_annotation(x=np.log10(max(x0, first)) if log else x0, y=1, yref="y domain", text=name,
                                showarrow=False, xanchor="left", yanchor="top", font_size=10, **where)
@@ -147,7 +148,7 @@ def training_figure(history: dict, phases: dict | None = None) -> go.Figure:
     fig.update_yaxes(type="log", title_text="cross-entropy (log scale)", exponentformat="power", row=1, col=1)
     fig.update_yaxes(tickformat=".0%", range=[-0.02, 1.12], row=1, col=2)
     for c in (1, 2, 3):
-        add_phase_bands(fig, phases, int(epochs[-1]), first=float(epochs[0]), log=True, row=1, col=c)
+        add_training_phase_bands(fig, phases, int(epochs[-1]), first=float(epochs[0]), log=True, row=1, col=c)
     fig.update_layout(height=420, hovermode="x unified", legend_orientation="h", legend_y=-0.2)
     return fig
 
@@ -182,7 +183,7 @@ def epoch_slider_figure(snapshots: list[dict], keys: list[int], phases: dict | N
     fig.update_xaxes(title_text="frequency k (w_k = 2πk/p)", row=1, col=1)
     fig.update_yaxes(tickformat=".0%", range=[-0.02, 1.05], row=1, col=2)
     fig.update_xaxes(title_text="epoch", row=1, col=2)
-    add_phase_bands(fig, phases, epochs[-1], names=False, row=1, col=2)  # (names: in the training curves)
+    add_training_phase_bands(fig, phases, epochs[-1], names=False, row=1, col=2)  # (names: in the training curves)
     fig.update_layout(height=580, title_text=title(snapshots[-1]), title_font_size=13, legend_orientation="h",
                       legend_y=-0.16, sliders=[dict(active=len(steps) - 1, steps=steps, y=-0.24,
                                                     currentvalue_prefix="epoch ", pad_t=30)])
@@ -295,7 +296,7 @@ def sections(run: dict, top: int = 32) -> list[tuple[str, str, object]]:
     prog, ranking = run["progress_measures"], run["neuron_ranking"]
     missing = lambda which, what: f"Missing {what}: run `{command(run, which)}`."  # noqa: E731
     no_model = missing("train", "checkpoints") + (f" ({run['notes']['model']})" if "model" in run["notes"] else "")
-    phases = prog["phases"] if prog else None
+    phases = prog.get("training_phases") if prog else None
     out = [("Training curves", "Hover for values; shaded: the phases of progress_measures.json."
             + ("" if prog else " " + missing("progress", "phases")),
             training_figure(ckpt["history"], phases) if ckpt else no_model)]
@@ -321,8 +322,8 @@ def sections(run: dict, top: int = 32) -> list[tuple[str, str, object]]:
         fig = f"No Fourier analysis: {grid.no_basis}."
     elif model is not None:
         with torch.no_grad():
-            embed = fourier.power_per_frequency(grid.basis.table(interpretability.token_embedding(model))).numpy()
-            power_a, power_b = interpretability.hidden_input_power(model, grid)
+            embed = fourier.power_per_frequency(grid.basis.table(token_embedding(model))).numpy()
+            power_a, power_b = hidden_input_power(model, grid)
         hidden = (power_a + power_b).numpy()
         fig = spectrum_figure(embed, hidden, run["keys"], fourier.key_threshold(torch.from_numpy(hidden)))
     out.append(("Fourier spectrum", f"The final model's power per frequency over "
@@ -335,7 +336,7 @@ def sections(run: dict, top: int = 32) -> list[tuple[str, str, object]]:
                 if analysis and "frequency_ablation" in analysis else
                 f"No Fourier analysis: {analysis['no_basis']}." if analysis else missing("analysis", "analysis_summary.json")))
     if ckpt and ckpt["config"]["model"].get("arch") == "transformer":
-        fig = (attention_figure(transformer_analysis.attention_patterns(model, grid).numpy(), analysis["attention"])
+        fig = (attention_figure(attention.attention_patterns(model, grid).numpy(), analysis["attention"])
                if analysis and "attention" in analysis else missing("analysis", "analysis_summary.json"))
         out.append(("Attention heads", "Each head's attention from '=' to a and b over all pairs.", fig))
     return out
@@ -348,8 +349,8 @@ def findings_html(run: dict) -> str:
         lines.append(f"Memorized (train accuracy >= 99%) at epoch {t['memorization_epoch']}; "
                      f"generalized (test accuracy >= 99%) at epoch {t['grokking_epoch']}; "
                      f"{t['epochs_run']} epochs run.")
-    lines += [progress.describe(prog)] if prog else [f"Missing phases: run `{command(run, 'progress')}`."]
-    lines += interpretability.findings(a) if a else [f"Missing analysis: run `{command(run, 'analysis')}`."]
+    lines += [describe(prog)] if prog else [f"Missing phases: run `{command(run, 'progress')}`."]
+    lines += findings(a) if a else [f"Missing analysis: run `{command(run, 'analysis')}`."]
     if a and run["ckpt"] and a.get("run_id") != run["ckpt"].get("run_id"):
         lines.append(f"Warning: analysis_summary.json is of run {a.get('run_id')}, the checkpoint of run "
                      f"{run['ckpt'].get('run_id')}: rerun `{command(run, 'analysis')}`.")

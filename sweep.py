@@ -2,16 +2,17 @@
 
     python sweep.py                                  # seeds 0-9 at p = 113, the defaults otherwise
     python sweep.py --primes 53 59 71 97 127 149 --seeds 0 1 2 3 4 5 6 7 8 9
-    python sweep.py --set train_frac=0.2,0.3,0.5 weight_decay=0.1,0.3,1,3 --seeds 0 1 --diagram train_frac weight_decay
+    python sweep.py --set train_frac=0.2,0.3,0.5 weight_decay=0.1,0.3,1,3 --seeds 0 1   # + phase_diagram.png
     python sweep.py --arch transformer --analyze     # the transformer with its own defaults
 
-The grid is cut into chunks (sweep_engine.py): the batched engine (batched.py) trains a chunk's models side by
-side in one process; chunks run in --workers local processes (default: one per CPU core) or as Ray tasks
-(--backend ray). Every finished chunk is stored at once in results/sweep.sqlite (sweep_db.py), keyed by each
-run's settings; running the same command again trains only the runs not stored yet, so an interrupted sweep
-loses at most the chunks in flight. results/sweep.csv and results/sweep.json are exported from the database for
-this command's grid, and --diagram draws results/phase_diagram.png (phase_diagram.py). Checkpoints go to a
-temporary folder unless --save-checkpoints DIR keeps them in DIR/<config hash>/.
+The grid is cut into chunks (sweeps/runner.py): the batched engine (sweeps/batched.py) trains a chunk's
+models side by side in one process; chunks run in --workers local processes (default: one per CPU core) or
+as Ray tasks (--backend ray). Every finished chunk is stored at once in results/sweep.sqlite
+(sweeps/database.py), keyed by each run's settings; running the same command again trains only the runs not
+stored yet, so an interrupted sweep loses at most the chunks in flight. results/sweep.csv and
+results/sweep.json are exported from the database for this command's grid; a grid over exactly two settings
+besides the seed (or --diagram X Y) also draws results/phase_diagram.png. Checkpoints go to a temporary folder
+unless --save-checkpoints DIR keeps them in DIR/<config hash>/.
 """
 import argparse
 import itertools
@@ -23,56 +24,23 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import sweep_db
-import sweep_engine
-from phase_diagram import PHASE_RULE, PHASES, draw_phase_diagram
-from sweep_engine import Interrupted, SweepError
-from train import ARCH_DEFAULTS, ARCH_FLAGS, Config, validate
-from utils import OutputDirError, check_output_dir, provenance
+from config import ARCH_DEFAULTS, ARCH_FLAGS, Config, parse_sets, validate
+from core.utils import OutputDirError, check_output_dir, provenance
+from sweeps import database, runner
+from sweeps.regimes import REGIME_RULE, REGIMES, draw_phase_diagram
+from sweeps.runner import Interrupted, SweepError
 
 ROOT = Path(__file__).resolve().parent
-# Settings that sweep.py sets itself, and the flag that does it.
-MANAGED = {"p": "--primes", "seed": "--seeds", "arch": "--arch", "checkpoint_dir": "--save-checkpoints",
-           "results_dir": "nothing (each run writes its plots into a temporary folder)"}
-
-
-def parse_sets(items, allow=()) -> dict[str, list]:
-    """['lr=0.01,0.03', 'weight_decay=1'] -> {'lr': [0.01, 0.03], 'weight_decay': [1.0]}: values parsed by the
-    Config field's type, duplicates dropped. ValueError (one sentence) for an unknown name, a name sweep.py
-    sets itself (unless in allow), a name given twice, an empty list or value, or a value of the wrong type."""
-    types = {f.name: f.type for f in fields(Config)}
-    grid = {}
-    for item in items:
-        name, sep, values = item.partition("=")
-        if not sep:
-            raise ValueError(f"{item!r} is not NAME=V1,V2,...")
-        if name not in types:
-            raise ValueError(f"unknown setting {name!r} in {item!r}: names are train.py's Config fields "
-                             f"({', '.join(t for t in types if t not in MANAGED)})")
-        if name in MANAGED and name not in allow:
-            raise ValueError(f"{name} is set by {MANAGED[name]}, not by --set")
-        if name in grid:
-            raise ValueError(f"{name} is given twice: put all its values in one list, {name}=V1,V2,...")
-        parsed = []
-        for value in values.split(","):
-            if not value.strip():
-                raise ValueError(f"{item!r} has an empty value: write {name}=V1,V2,...")
-            try:
-                parsed.append(types[name](value.strip()))
-            except ValueError:
-                raise ValueError(f"{name} takes {types[name].__name__} values, got {value.strip()!r}") from None
-        grid[name] = list(dict.fromkeys(parsed))
-    return grid
 
 
 def expand_grid(base: Config, sets: dict[str, list], primes, seeds) -> list[Config]:
     """Every combination of the --primes, the --set lists (in the order given) and the --seeds (innermost),
-    one Config each, applied over `base`; combinations with the same key (sweep_db.config_hash) once."""
+    one Config each, applied over `base`; combinations with the same key (database.config_hash) once."""
     names, lists = ["p", *sets, "seed"], [list(primes), *sets.values(), list(seeds)]
     configs = {}
     for combo in itertools.product(*lists):
         cfg = replace(base, **dict(zip(names, combo)))
-        configs.setdefault(sweep_db.config_hash(cfg), cfg)
+        configs.setdefault(database.config_hash(cfg), cfg)
     return list(configs.values())
 
 
@@ -102,13 +70,13 @@ def sweep(conn, configs: list[Config], analyze: bool = False, save_checkpoints=N
           chunk: int = 0, backend: str = "local", workers: int = 1, threads: int = 1,
           address: str | None = None) -> tuple[int, int]:
     """Train the configurations not yet done in the database `conn`, storing each chunk as it finishes (one
-    transaction per chunk; sweep_engine.py cuts the grid and runs it). show: the settings to name in each run's
+    transaction per chunk; runner.py cuts the grid and runs it). show: the settings to name in each run's
     line. Returns (trained, skipped)."""
-    stored = {r["config_hash"]: r for r in sweep_db.get_runs(conn, [sweep_db.config_hash(c) for c in configs],
+    stored = {r["config_hash"]: r for r in database.get_runs(conn, [database.config_hash(c) for c in configs],
                                                              history=False)}
-    todo = [c for c in configs if not is_done(stored.get(sweep_db.config_hash(c)), analyze, save_checkpoints)]
+    todo = [c for c in configs if not is_done(stored.get(database.config_hash(c)), analyze, save_checkpoints)]
     skipped = len(configs) - len(todo)
-    chunks = sweep_engine.plan_chunks(todo, engine, chunk, analyze)
+    chunks = runner.plan_chunks(todo, engine, chunk, analyze)
     where = (f"Ray ({address or 'a local instance'})" if backend == "ray" else
              f"{workers} processes x {threads} threads" if workers > 1 and len(chunks) > 1 else "this process")
     how = (f" in {len(chunks)} chunks ({', '.join(sorted({e for e, _ in chunks}))} engine) on {where}" if chunks
@@ -117,11 +85,11 @@ def sweep(conn, configs: list[Config], analyze: bool = False, save_checkpoints=N
           f"{len(todo)} to train{how}", flush=True)
     commit = git_commit()
     with tqdm(total=len(todo), desc="sweep", unit="run", disable=not todo) as bar:
-        for records in sweep_engine.run_chunks(chunks, backend, workers, threads, address, analyze=analyze,
+        for records in runner.run_chunks(chunks, backend, workers, threads, address, analyze=analyze,
                                                save_checkpoints=save_checkpoints, commit=commit):
-            sweep_db.put_runs(conn, records)
+            database.put_runs(conn, records)
             for record in records:
-                bar.write(format_row(sweep_db.flat_row(record), show))
+                bar.write(format_row(database.flat_row(record), show))
             bar.update(len(records))
             sys.stdout.flush()  # each run's line reaches a log file (nohup) at once
     return len(todo), skipped
@@ -140,7 +108,7 @@ def format_row(r: dict, show=()) -> str:
     if r.get("diverged"):
         return f"{head} | diverged (non-finite loss)"
     delay = f"{r['grokking_delay']:5.1f}x" if r["grokking_delay"] else "  none"
-    line = (f"{head} | {r['phase']} | memorized {r['memorization_epoch']} | grokked {r['grokking_epoch']} "
+    line = (f"{head} | {r['regime']} | memorized {r['memorization_epoch']} | grokked {r['grokking_epoch']} "
             f"({delay}) | final test acc {r['final_test_acc']:.1%} | {r['epochs_run']} epochs, "
             f"{r['wall_seconds']:.1f} s")
     if r.get("basis"):
@@ -167,18 +135,18 @@ def print_tables(rows: list[dict], group_by: list[str], analyze: bool) -> None:
     for r in rows:
         groups.setdefault(tuple(r[k] for k in group_by), []).append(r)
     head = " | ".join(group_by)
-    print(f"\n{head} | runs | phases | memorization epoch | grokking epoch | delay (grok/mem) | min delay | "
+    print(f"\n{head} | runs | run regimes | memorization epoch | grokking epoch | delay (grok/mem) | min delay | "
           "final test acc | wall s")
     for key, rs in groups.items():
         label = " | ".join(_fmt(v) for v in key)
-        counts = {ph: sum(r["phase"] == ph for r in rs) for ph in PHASES}
-        phases = ", ".join(f"{n} {ph}" for ph, n in counts.items() if n)
+        counts = {name: sum(r["regime"] == name for r in rs) for name in REGIMES}
+        regimes = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
         ok = [r for r in rs if not r.get("diverged")]
         if not ok:
-            print(f"{label} | {len(rs)} | {phases} | every run diverged")
+            print(f"{label} | {len(rs)} | {regimes} | every run diverged")
             continue
         delays = [r["grokking_delay"] for r in ok]
-        print(f"{label} | {len(rs)} | {phases} | {mean_std(r['memorization_epoch'] for r in ok)} | "
+        print(f"{label} | {len(rs)} | {regimes} | {mean_std(r['memorization_epoch'] for r in ok)} | "
               f"{mean_std(r['grokking_epoch'] for r in ok)} | {mean_std(delays)} | "
               f"{min((d for d in delays if d), default=0):.1f} | "
               f"{min(r['final_test_acc'] for r in ok):.1%} | {mean_std(r['wall_seconds'] for r in ok)}")
@@ -211,12 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train every combination of --primes, --set lists and --seeds (train.py's defaults otherwise), "
                     "storing each finished run at once in a SQLite database; a rerun of the same command trains "
-                    "only what is missing. Phase of each run (after Liu et al. 2022, with a delay ratio instead of "
-                    f"their 10^3-step gap): {PHASE_RULE}.")
+                    "only what is missing. Run regime of each run (after Liu et al. 2022, with a delay ratio instead of "
+                    f"their 10^3-step gap): {REGIME_RULE}.")
     parser.add_argument("--primes", type=int, nargs="+", default=[113], help="moduli to train on")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="init seeds")
     parser.add_argument("--arch", choices=ARCH_FLAGS, default="mlp",
-                        help="architecture; its defaults (train.ARCH_DEFAULTS) apply before --set")
+                        help="architecture; its defaults (config.ARCH_DEFAULTS) apply before --set")
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=V1,V2",
                         help="train.py settings (Config field names, e.g. lr, weight_decay, train_frac, epochs), "
                              "each with one value or a comma-separated list; the grid is the product of all lists, "
@@ -225,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also run the analysis and progress measures (a stored run without them is retrained)")
     parser.add_argument("--db", default="results/sweep.sqlite",
                         help="the SQLite database every finished run is stored in, keyed by its settings (all "
-                             "Config fields except " + ", ".join(sorted(sweep_db.BOOKKEEPING)) + "); runs already "
+                             "Config fields except " + ", ".join(sorted(database.BOOKKEEPING)) + "); runs already "
                              "in it are skipped")
     parser.add_argument("--out", default="results/sweep.json",
                         help="where to write the JSON table; the CSV goes beside it (sweep.csv). Both are exported "
@@ -235,21 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
                              "interpretability.py, snapshots for progress.py); a stored run without them is retrained")
     parser.add_argument("--diagram", nargs=2, metavar=("X", "Y"), default=None,
                         help="draw the phase diagram over two swept settings (Config field names) into "
-                             "phase_diagram.png beside --out: colour = majority phase over the seeds of a cell, "
-                             "text = phase counts, median epoch of 99%% test accuracy and median delay")
-    parser.add_argument("--engine", choices=sweep_engine.ENGINES, default="batched",
-                        help="batched: each chunk's models side by side in one process (batched.py; full batch; "
-                             "saves model_final.pth only); single: train.train one run at a time (always used "
+                             "phase_diagram.png beside --out (drawn without asking when exactly two settings other "
+                             "than the seed vary): colour = majority run regime over the seeds of a cell, "
+                             "text = regime counts, median epoch of 99%% test accuracy and median delay")
+    parser.add_argument("--engine", choices=runner.ENGINES, default="batched",
+                        help="batched: each chunk's models side by side in one process (sweeps/batched.py; full batch; "
+                             "saves model_final.pth only); single: training.train one run at a time (always used "
                              "with --analyze and for minibatch runs). Both give the same numbers on a CPU")
     parser.add_argument("--chunk", type=int, default=0,
-                        help=f"models per batched chunk, stored together when it finishes; 0 = {sweep_engine.CPU_CHUNK} "
-                             f"on a CPU, as many as fit (up to {sweep_engine.GPU_CHUNK}) on a GPU")
+                        help=f"models per batched chunk, stored together when it finishes; 0 = {runner.CPU_CHUNK} "
+                             f"on a CPU, as many as fit (up to {runner.GPU_CHUNK}) on a GPU")
     parser.add_argument("--workers", type=int, default=0,
                         help="local processes training chunks at once; 0 = one per CPU core on a CPU, 1 on a GPU")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per worker process (with one worker the chunks run in this process, "
                              "with torch's default threads)")
-    parser.add_argument("--backend", choices=sweep_engine.BACKENDS, default="local",
+    parser.add_argument("--backend", choices=runner.BACKENDS, default="local",
                         help="local: this machine; ray: one Ray task per chunk (pip install -r "
                              "requirements-cluster.txt), on --address or on a Ray instance started for the sweep")
     parser.add_argument("--address", default=None,
@@ -279,11 +248,13 @@ def main(argv=None) -> int:
         parser.error(f"--set: {err}")
     varying = [name for name in ("p", *sets, "seed") if len({getattr(c, name) for c in configs}) > 1]
     show = [name for name in varying if name not in ("p", "seed")]
-    if args.diagram_only and not args.diagram:
+    axes = [name for name in varying if name != "seed"]
+    diagram = args.diagram or (axes if len(axes) == 2 else None)  # two settings swept: their diagram
+    if args.diagram_only and not diagram:
         parser.error("--diagram-only needs --diagram X Y")
-    if args.diagram:
+    if diagram:
         names = {f.name for f in fields(Config)}
-        x, y = args.diagram
+        x, y = diagram
         if x not in names or y not in names or x == y:
             parser.error(f"--diagram takes two different Config field names, got {x} {y}")
         others = [name for name in varying if name not in (x, y, "seed")]
@@ -297,29 +268,29 @@ def main(argv=None) -> int:
         parser.error("--address needs --backend ray")
     if args.backend == "ray" and not args.diagram_only:
         try:
-            sweep_engine.check_ray_address(args.address)
+            runner.check_ray_address(args.address)
         except SweepError as err:
             parser.error(str(err))
-    workers = args.workers or sweep_engine.default_workers(base)
+    workers = args.workers or runner.default_workers(base)
     out = Path(args.out)
     try:
         for path, flag in ((out.parent, "--out"), (Path(args.db).parent, "--db")):
             check_output_dir(path, flag)
         if args.save_checkpoints:
             check_output_dir(args.save_checkpoints, "--save-checkpoints")
-        conn = sweep_db.connect(args.db, create=not args.diagram_only)
-    except (OutputDirError, sweep_db.SweepDBError) as err:
+        conn = database.connect(args.db, create=not args.diagram_only)
+    except (OutputDirError, database.SweepDBError) as err:
         parser.error(str(err))
     diagram_path = out.parent / "phase_diagram.png"
-    hashes = [sweep_db.config_hash(c) for c in configs]
+    hashes = [database.config_hash(c) for c in configs]
     try:
         if args.diagram_only:
-            rows = [sweep_db.flat_row(r) for r in sweep_db.get_runs(conn, hashes, history=False)]
+            rows = [database.flat_row(r) for r in database.get_runs(conn, hashes, history=False)]
             print(f"{len(rows)} of the grid's {len(configs)} runs are in {args.db}")
             if not rows:
                 print("error: none of this grid's runs is in the database: run the sweep first", file=sys.stderr)
                 return 2
-            draw_phase_diagram(None, *args.diagram, path=diagram_path, rows=rows)
+            draw_phase_diagram(None, *diagram, path=diagram_path, rows=rows)
             print(f"wrote {diagram_path}")
             return 0
         try:
@@ -327,21 +298,21 @@ def main(argv=None) -> int:
                   engine=args.engine, chunk=args.chunk, backend=args.backend, workers=workers,
                   threads=args.threads, address=args.address)
         except (Interrupted, KeyboardInterrupt):
-            done = len(sweep_db.get_runs(conn, hashes, history=False))
+            done = len(database.get_runs(conn, hashes, history=False))
             print(f"\nerror: interrupted; {done} of the grid's {len(configs)} runs are stored in {args.db}. "
                   "Run the same command again to train the rest.", file=sys.stderr)
             return 130
-        records = sweep_db.get_runs(conn, hashes, history=False)
+        records = database.get_runs(conn, hashes, history=False)
     finally:
         conn.close()
-    rows = [sweep_db.flat_row(r) for r in records]
+    rows = [database.flat_row(r) for r in records]
     print_tables(rows, ["p", *show], args.analyze)
     csv_path = out.with_suffix(".csv")
-    sweep_db.export(rows, csv_path, out, {"config": vars(args) | {"base": asdict(base), "grid": sets},
+    database.export(rows, csv_path, out, {"config": vars(args) | {"base": asdict(base), "grid": sets},
                                           "db": str(args.db), **provenance()})
     print(f"wrote {csv_path} and {out} ({len(rows)} runs of this grid, exported from {args.db})")
-    if args.diagram:
-        draw_phase_diagram(None, *args.diagram, path=diagram_path, rows=rows)
+    if diagram:
+        draw_phase_diagram(None, *diagram, path=diagram_path, rows=rows)
         print(f"wrote {diagram_path}")
     return 0
 

@@ -41,7 +41,7 @@ def check_torch_works():
 
 
 def check_device():
-    from utils import resolve_device
+    from core.utils import resolve_device
 
     return f"--device auto -> {resolve_device('auto')}"
 

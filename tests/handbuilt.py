@@ -9,8 +9,8 @@ import math
 
 import torch
 
+from core.transformer import Transformer
 from model import ToyMLP
-from transformer import Transformer
 
 PHASES = [j * math.pi / 4 for j in range(4)]
 

@@ -1,15 +1,15 @@
-"""The batched engine (batched.py) against train.py: the same weights, histories and epochs per model."""
+"""The batched engine (sweeps/batched.py) against train.py: the same weights, histories and epochs per model."""
 import tempfile
 from dataclasses import replace
 
 import pytest
 import torch
 
-from batched import Stack, check_batchable, train_batched
-from checkpoint import build_model, load_model
+from config import ARCH_DEFAULTS, LOSS_DTYPES, Config, model_config
+from core.checkpoint import build_model, load_model
+from core.training import EMBED_NOISE_SEED, make_optimizer, train, train_one_epoch
 from dataset import make_data
-from train import ARCH_DEFAULTS, LOSS_DTYPES, Config, make_optimizer, model_config, train, train_one_epoch, \
-    EMBED_NOISE_SEED
+from sweeps.batched import Stack, check_batchable, train_batched
 
 SMALL = {"mlp": dict(p=23, d_embed=16, d_hidden=32),
          "transformer": dict(p=23, d_model=32, n_heads=2, d_mlp=64, **ARCH_DEFAULTS["transformer"])}

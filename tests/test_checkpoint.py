@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from core.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from model import ToyMLP
 
 

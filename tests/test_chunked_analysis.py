@@ -1,19 +1,20 @@
-"""The analysis cut into chunks of pairs (issue 10, large p), and its ablations into blocks of rows,
+"""The analysis cut into chunks of pairs (large p), and its ablations into blocks of rows,
 gives what it gives in one piece.
 
 At p <= 322 every pair fits in one chunk (fourier.CHUNK_BYTES); here the chunk size is shrunk so that
 a small grid is cut into several pieces of pairs (and groups of neurons), and the whole result of
-interpretability.analyze must not change beyond float rounding."""
+summary.analyze must not change beyond float rounding."""
 import math
 
 import pytest
 import torch
 
-import fourier
+from analysis import fourier, neurons
+from analysis.circuit import Grid
+from analysis.neurons import row_blocks
+from analysis.summary import analyze
 from dataset import make_data
 from handbuilt import discrete_log_model, fourier_transformer, handbuilt_model
-import interpretability
-from interpretability import Grid, analyze
 from model import ToyMLP
 
 
@@ -84,7 +85,7 @@ def test_the_analysis_in_chunks_equals_the_analysis_in_one_piece(build, op, monk
     # 60 pairs per chunk (about 9 to 14 chunks), 1 or 2 neurons per group of the Fourier fractions,
     # and the ablations' row blocks of 7 rows (float32 margins; 3 rows in float64)
     monkeypatch.setattr(fourier, "CHUNK_BYTES", 4 * model.p * 60)
-    monkeypatch.setattr(interpretability, "CACHE_BYTES", 4 * model.p * 7)
+    monkeypatch.setattr(neurons, "CACHE_BYTES", 4 * model.p * 7)
     assert len(grid.chunks()) == math.ceil(model.p**2 / 60) > 8
-    assert len(interpretability.row_blocks(torch.zeros(60, model.p))) == 9
+    assert len(row_blocks(torch.zeros(60, model.p))) == 9
     assert_same(whole, analyze(model, grid, draws=2))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import clock_pizza as cp
+from analysis import clock_pizza as cp
+from core.transformer import Transformer
 from handbuilt import fourier_transformer, handbuilt_model, handbuilt_transformer, pizza_model, pizza_weights
 from model import ToyMLP
-from transformer import Transformer
 
 P = 59  # the paper's modulus
 KEYS = [17, 3, 44]  # the paper's Model A frequencies (2 pi / 59 * {17, 3, 44})

@@ -2,11 +2,12 @@
 import pytest
 import torch
 
-import interpretability
-from component_ablation import component_ablations
+from analysis import attention
+from analysis.circuit import Grid, correct_logit_in_basis, frequency_ablation
+from analysis.components import component_ablations
+from analysis.summary import analyze, findings, summarize
 from dataset import make_data
 from handbuilt import annotated_model, discrete_log_model, fourier_transformer, handbuilt_model, pizza_model
-from interpretability import Grid, analyze, frequency_ablation, summarize
 from model import ToyMLP
 
 P, KEYS = 59, [4, 11, 23]
@@ -89,7 +90,7 @@ def test_transformer_components():
     assert list(rows)[:5] == ["embedding, a part", "embedding, b part", "head 0", "head 1", "MLP output"]
     assert {"bias b_in", "bias b_out", "frequency 4", "non-key frequencies"} <= set(rows)
     with torch.no_grad():
-        heads = interpretability.transformer_analysis.head_ablations(model, grid)
+        heads = attention.head_ablations(model, grid)
     for h in (0, 1):
         assert rows[f"head {h}"]["mean_loss"] == pytest.approx(heads[h]["loss"], rel=1e-6)
         assert rows[f"head {h}"]["zero_acc"] <= 2 / P
@@ -106,7 +107,7 @@ def test_the_analysis_reports_clock_or_pizza(build, expected):
     summary = summarize(result, "built", {"p": P, "op": "add"})
     assert summary["clock_pizza"]["verdict"] == expected
     assert any(line.startswith("Clock or pizza") and f": {expected} (" in line
-               for line in interpretability.findings(summary))
+               for line in findings(summary))
 
 
 @pytest.mark.parametrize("op", ["mul", "div"])
@@ -118,7 +119,7 @@ def test_clock_or_pizza_of_mul_and_div_reads_the_correct_logit_in_the_log_basis(
     grid = grid_for(op=op)
     with torch.no_grad():
         logits = model(grid.a, grid.b)
-        correct = interpretability.correct_logit_in_basis(logits, grid)
+        correct = correct_logit_in_basis(logits, grid)
     assert correct.shape == (P - 1, P - 1)
     torch.testing.assert_close(correct, torch.full_like(correct, correct[0, 0].item()))
     with torch.no_grad():

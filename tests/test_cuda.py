@@ -5,11 +5,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from batched import Stack
-from checkpoint import build_model, load_checkpoint
+from config import LOSS_DTYPES, Config, model_config
+from core.checkpoint import build_model, load_checkpoint
+from core.training import CapturedStep, evaluate, make_optimizer, train, train_one_epoch
 from dataset import make_data
-from train import (LOSS_DTYPES, CapturedStep, Config, evaluate, make_optimizer, model_config, train,
-                   train_one_epoch)
+from sweeps.batched import Stack
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

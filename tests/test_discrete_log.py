@@ -4,11 +4,12 @@ import math
 import pytest
 import torch
 
-import fourier
 import interpretability
+from analysis import fourier
+from analysis.circuit import Grid, key_frequency_losses, select_key_frequencies
+from analysis.summary import analyze, summarize
 from dataset import make_data
 from handbuilt import discrete_log_model
-from interpretability import Grid, analyze, summarize
 from model import ToyMLP, cross_entropy_per_row
 
 P, G, KEYS = 59, 2, [5, 17, 29]  # 29 = (p - 1) / 2: the sign character, one-dimensional
@@ -90,7 +91,7 @@ def test_the_zero_pairs_are_left_out_of_the_restricted_loss():
     grid = grid_for()
     with torch.no_grad():
         logits = model(grid.a, grid.b)
-    losses = interpretability.key_frequency_losses(logits, grid, KEYS)
+    losses = key_frequency_losses(logits, grid, KEYS)
     nonzero = grid.pairs("all", in_basis=True)
     assert len(nonzero) == (P - 1) ** 2 and len(grid.pairs("all")) == P * P
     loss, _ = cross_entropy_per_row(logits[grid.rows[nonzero]], grid.y[nonzero])
@@ -107,7 +108,7 @@ def test_a_random_network_has_no_key_frequencies_in_the_log_basis():
 
 
 def test_a_composite_modulus_has_no_basis_and_the_rest_is_analysed(tmp_path, capsys):
-    from checkpoint import save_checkpoint
+    from core.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = ToyMLP(12, 8, 16).eval()
@@ -128,7 +129,7 @@ def test_the_key_frequency_rule_by_hand():
     """A candidate is key with a neuron in its cluster or a removal that doubles the loss, not otherwise."""
     neuron_freq, share = [3, 3, 7, 9, 9], [0.9, 0.4, 0.6, 0.3, 0.2]  # 3: one member; 7: one; 9: none (< 50 %)
     removal = [{"loss": 1.0}, {"loss": 1.0}, {"loss": 1.9}, {"loss": 2.0}]
-    keys, evidence = interpretability.select_key_frequencies([3, 7, 9, 11], neuron_freq, share, removal, 1.0)
+    keys, evidence = select_key_frequencies([3, 7, 9, 11], neuron_freq, share, removal, 1.0)
     assert keys == [3, 7, 11]  # 9: no neuron and 1.9x; 11: no neuron but exactly 2x
     assert evidence[9] == {"neurons": 0, "removal_loss_ratio": 1.9, "key": False}
     assert evidence[3]["neurons"] == 1 and evidence[7]["neurons"] == 1 and evidence[11]["removal_loss_ratio"] == 2.0

@@ -10,14 +10,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-import fourier
 import plots
-from checkpoint import load_checkpoint, save_checkpoint
+from analysis import fourier
+from analysis.circuit import Grid
+from analysis.summary import analyze, findings, summarize
+from config import Config
 from conftest import ROOT, start_training
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.training import train
 from dataset import make_data
-from interpretability import Grid, analyze, findings, summarize
 from model import ToyMLP
-from train import Config, train
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

@@ -1,4 +1,4 @@
-"""Laws and hand-computed answers for fourier.py.
+"""Laws and hand-computed answers for analysis/fourier.py.
 
 Every expected value here comes from construction: a slow direct formula written in the test (loops
 over tokens or over (a, b) pairs, explicit cos/sin), or a number worked out by hand in a comment.
@@ -11,9 +11,24 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fourier import (combination, excluded_logits, fourier_basis, frequencies, frequency_of_rows, gini,
-                     key_frequencies, key_threshold, logit_fit, neuron_frequency_fractions, power_fraction,
-                     power_per_frequency, remove_frequencies, restricted_logits, split_logits, trig_directions)
+from analysis.fourier import (
+    combination,
+    excluded_logits,
+    fourier_basis,
+    frequencies,
+    frequency_of_rows,
+    gini,
+    key_frequencies,
+    key_threshold,
+    logit_fit,
+    neuron_frequency_fractions,
+    power_fraction,
+    power_per_frequency,
+    remove_frequencies,
+    restricted_logits,
+    split_logits,
+    trig_directions,
+)
 
 LAW = settings(max_examples=40, deadline=None)
 SEEDS = st.integers(0, 2**31 - 1)

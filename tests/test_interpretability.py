@@ -6,13 +6,14 @@ import sys
 import pytest
 import torch
 
-import fourier
-from checkpoint import save_checkpoint
+from analysis import fourier
+from analysis.circuit import Grid, frequency_ablation
+from analysis.neurons import ablated_logits, rank_neurons, ranking_agreement
+from analysis.summary import analyze
 from conftest import ROOT
+from core.checkpoint import save_checkpoint
 from dataset import make_data
 from handbuilt import handbuilt_model
-from interpretability import (Grid, ablated_logits, analyze, frequency_ablation,
-                              rank_neurons, ranking_agreement)
 from model import ToyMLP, ablate_neurons
 
 P, KEYS = 59, [4, 11, 23]

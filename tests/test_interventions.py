@@ -8,10 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.checkpoint import build_model
 from handbuilt import handbuilt_model
-from checkpoint import build_model
-from model import (HOOK_NAMES, ToyMLP, _uniform, ablate_neurons, cross_entropy_per_row, patch,
-                   sum_squared_weights)
+from model import HOOK_NAMES, ToyMLP, _uniform, ablate_neurons, cross_entropy_per_row, patch, sum_squared_weights
 
 LAW = settings(max_examples=40, deadline=None)
 P, KEYS, SCALE = 7, [1, 3], 5.0

@@ -13,13 +13,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fourier
 import interpretability
-from checkpoint import save_checkpoint
+from analysis import fourier
+from analysis.circuit import Grid, fourier_analysis, frequency_ablation, hidden_input_power, key_frequency_losses
+from analysis.neurons import ablation_curves, circuit_size, rank_neurons, ranking_agreement, reindex_by_frequency
+from analysis.progress_measures import progress_measures
+from analysis.summary import analyze, findings, structure
+from core.checkpoint import save_checkpoint
 from dataset import make_data
 from handbuilt import annotated_model, direct_cross_entropy, handbuilt_model, with_constant_neurons
-from interpretability import (Grid, ablation_curves, circuit_size, fourier_analysis, frequency_ablation,
-                              key_frequency_losses, rank_neurons, ranking_agreement)
 from model import ToyMLP
 
 P, KEYS = 59, [4, 11, 23]
@@ -239,7 +241,7 @@ def test_frequency_ablation_by_construction():
 ])
 def test_structure_by_hand(n_freq, keys, fraction, expected):
     f = {"frequencies": list(range(1, n_freq + 1)), "key_frequencies": keys, "key_frequency_power_fraction": fraction}
-    assert interpretability.structure(f) == expected
+    assert structure(f) == expected
 
 
 def test_ranking_agreement_by_hand():
@@ -276,7 +278,7 @@ def test_findings_do_not_depend_on_the_order_of_the_neurons(perm):
     perm = torch.tensor(perm)
     grid = grid_for()
     with torch.no_grad():
-        original, other = interpretability.analyze(model, grid, draws=1), interpretability.analyze(
+        original, other = analyze(model, grid, draws=1), analyze(
             permuted(model, perm), grid, draws=1)
     f, g = original["fourier"], other["fourier"]
     assert g["key_frequencies"] == f["key_frequencies"]
@@ -417,7 +419,7 @@ def test_progress_replay_of_hand_built_snapshots(tmp_path, capsys):
         by_hand = squares["W_E"] + squares["W_in"] + squares["b_in"] + s**2 * (squares["W_U"] + squares["b_U"])
         assert series["weight_norm"][i] == pytest.approx(by_hand, rel=1e-6)  # the snapshots hold s x W_U in float32
         assert series["fourier_gini"][i] == pytest.approx(1 - 3 / 29, abs=1e-9)  # 3 of 29 frequencies, equal power
-    assert result["phases"]["memorization_end"] == 10 and result["phases"]["generalized"]
+    assert result["training_phases"]["memorization_end"] == 10 and result["training_phases"]["generalized"]
     assert result["checkpoint_dir"] == str(tmp_path / "c") and result["config"]["p"] == P
     restricted_at_10 = direct_cross_entropy(built[grid.rows], grid.y)  # s = 1 at memorization; it falls after
     halved = next(e for e, s in scales.items() if e > 10 and direct_cross_entropy(s * built[grid.rows], grid.y)
@@ -435,7 +437,7 @@ def test_findings_word_for_word():
                "key_frequency_power_fraction": 0.42, "neurons_per_key_frequency": {4: 8, 11: 3},
                "logit_variance_explained": 0.9, "restricted_loss": 1e-5, "excluded_loss": 4.0,
                "train_loss": 3e-6, "circuit_size": None}
-    assert interpretability.findings(summary) == [
+    assert findings(summary) == [
         "Model: test accuracy 50.0%, train accuracy 100.0%.",
         "Key frequencies [4, 11] hold 42% of the neurons' input power (weak structure); 11 neurons are tied to one "
         "of them.",
@@ -447,7 +449,7 @@ def test_findings_word_for_word():
         "No set of neurons retains 99% accuracy (the model itself does not reach it)."]
     mul = summary | {"config": {"p": 7, "op": "mul"}, "key_frequency_candidates": [4, 11],
                      "basis": {"name": "discrete log base 3 (Z_6)", "n": 6, "op": "add", "generator": 3}}
-    assert interpretability.findings(mul)[1:4] == [
+    assert findings(mul)[1:4] == [
         "Basis: discrete logarithms base g = 3 (the smallest primitive root), so a*b = g^(i+j) is addition over "
         "Z_6; frequencies k are over Z_6, on the 6^2 pairs without a 0 operand.",
         "Key frequencies [4, 11] hold 42% of the neurons' input power (weak structure); 11 neurons are tied to one "
@@ -456,20 +458,20 @@ def test_findings_word_for_word():
         "only, pairs without 0) 1e-05 vs 2e-06 unrestricted; excluded loss (key directions removed, train set) 4 "
         "vs train loss 3e-06."]
     div = mul | {"config": {"p": 7, "op": "div"}, "basis": mul["basis"] | {"op": "sub"}}
-    assert interpretability.findings(div)[1].startswith(
+    assert findings(div)[1].startswith(
         "Basis: discrete logarithms base g = 3 (the smallest primitive root), so a/b = g^(i-j) is subtraction over Z_6")
-    assert "cos(w_k(i-j-c))" in interpretability.findings(div)[3]
+    assert "cos(w_k(i-j-c))" in findings(div)[3]
     summary |= {"structure": "none", "circuit_size": 7, "key_frequencies": [], "key_frequency_candidates": []}
-    assert interpretability.findings(summary)[1:] == [
+    assert findings(summary)[1:] == [
         "No clear frequency structure found: no frequency stands out of the spectrum and matters (expected for an "
         "untrained or memorizing-only model).",
         "Circuit size: 7 neurons kept (the rest mean-ablated) retain >= 99% accuracy."]
     summary |= {"structure": "not applicable", "basis": {"name": "Z_5", "n": 5, "op": "add", "generator": None}}
-    assert interpretability.findings(summary)[1] == (
+    assert findings(summary)[1] == (
         "Z_5 has only 2 frequencies: the key-frequency rule (power >= 10x the median) needs at least 3, so it "
         "is not applied.")
     summary |= {"structure": "no known basis", "basis": None, "no_basis": "op mul mod 12: 12 is not an odd prime"}
-    assert interpretability.findings(summary)[1] == "No Fourier analysis: op mul mod 12: 12 is not an odd prime."
+    assert findings(summary)[1] == "No Fourier analysis: op mul mod 12: 12 is not an odd prime."
 
 
 def test_reindex_by_frequency_by_hand():
@@ -479,17 +481,17 @@ def test_reindex_by_frequency_by_hand():
     x = torch.arange(p, dtype=torch.float64)
     act = torch.outer(torch.cos(2 * math.pi * k * x / p), torch.cos(2 * math.pi * k * x / p))
     smooth = torch.outer(torch.cos(2 * math.pi * x / p), torch.cos(2 * math.pi * x / p))
-    torch.testing.assert_close(interpretability.reindex_by_frequency(act, k), smooth)
-    assert torch.equal(interpretability.reindex_by_frequency(act, 13), act)  # phase 13 a mod 13 = 0: as it is
+    torch.testing.assert_close(reindex_by_frequency(act, k), smooth)
+    assert torch.equal(reindex_by_frequency(act, 13), act)  # phase 13 a mod 13 = 0: as it is
     # k = 4 on Z_12 (gcd 4): the phases 4a mod 12 are 0, 4, 8; each phase's 4 positions side by side, in order
     order = [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]
     grid = torch.arange(144.0).reshape(12, 12)
-    assert torch.equal(interpretability.reindex_by_frequency(grid, 4), grid[order][:, order])
+    assert torch.equal(reindex_by_frequency(grid, 4), grid[order][:, order])
 
 
 def test_progress_refuses_a_snapshot_of_another_run_and_a_folder_without_snapshots(tmp_path, capsys):
     import progress
-    from checkpoint import CheckpointError, load_checkpoint
+    from core.checkpoint import CheckpointError, load_checkpoint
 
     model, _ = annotated_model(P, KEYS)
     data = make_data(P, "add", 0.3, 0)
@@ -498,9 +500,9 @@ def test_progress_refuses_a_snapshot_of_another_run_and_a_folder_without_snapsho
                         config={"p": P, "op": "add", "model": model.config()}, train_idx=data.train_idx,
                         test_idx=data.test_idx)
     mine = load_checkpoint(tmp_path / "mine.pth")
-    assert progress.progress_measures([tmp_path / "mine.pth"], KEYS, mine, progress=False)["epoch"] == [0]
+    assert progress_measures([tmp_path / "mine.pth"], KEYS, mine, progress=False)["epoch"] == [0]
     with pytest.raises(CheckpointError, match=r"other\.pth belongs to another run \(run id mine vs other\)"):
-        progress.progress_measures([tmp_path / "other.pth"], KEYS, mine, progress=False)
+        progress_measures([tmp_path / "other.pth"], KEYS, mine, progress=False)
     (tmp_path / "run").mkdir()
     (tmp_path / "mine.pth").rename(tmp_path / "run/model_final.pth")
     with pytest.raises(CheckpointError, match=f"no snapshots in {tmp_path / 'run' / 'snapshots'}"):
@@ -537,7 +539,7 @@ def test_plots_receive_what_the_analysis_found(tmp_path, monkeypatch):
     model, parts = annotated_model(P, KEYS)
     grid = grid_for()
     with torch.no_grad():
-        result = interpretability.analyze(model, grid, draws=1)
+        result = analyze(model, grid, draws=1)
     paths = interpretability.write_plots(model, grid, result, tmp_path)
     assert [p.name for p in paths] == ["activation_heatmap.png", "neuron_ranking.png", "ablation_curves.png",
                                        "fourier_spectrum.png", "neuron_clusters.png", "frequency_ablation.png",
@@ -631,7 +633,7 @@ def test_operand_power_is_each_operands_token_table_spectrum():
     model = ToyMLP(P, 16, 32)
     with torch.no_grad():
         table_a, table_b = model.token_tables()
-        power_a, power_b = interpretability.hidden_input_power(model, grid_for())
+        power_a, power_b = hidden_input_power(model, grid_for())
     torch.testing.assert_close(power_a, fourier.power_per_frequency(table_a), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(power_b, fourier.power_per_frequency(table_b), rtol=1e-4, atol=1e-6)
     assert not torch.allclose(power_a, power_b, rtol=1e-2)

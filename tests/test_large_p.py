@@ -6,11 +6,12 @@ import sys
 import pytest
 import torch
 
-import train
+import config
+from config import Config, check_memory, step_bytes
 from conftest import ROOT
+from core.training import score_pairs, train
 from dataset import make_data
 from model import ToyMLP, cross_entropy_per_row
-from train import Config, check_memory, score_pairs, step_bytes
 
 
 def test_p_5000_full_batch_is_refused_with_a_batch_size_that_fits(tmp_path):
@@ -24,7 +25,7 @@ def test_p_5000_full_batch_is_refused_with_a_batch_size_that_fits(tmp_path):
 
 
 def test_the_suggested_batch_size_fits_and_smaller_steps_pass(monkeypatch):
-    monkeypatch.setattr(train, "available_bytes", lambda device: 2**30)  # a machine with 1 GB free
+    monkeypatch.setattr(config, "available_bytes", lambda device: 2**30)  # a machine with 1 GB free
     cfg = Config(p=1009)
     with pytest.raises(ValueError, match=r"--batch-size (\d+)") as err:
         check_memory(cfg)
@@ -56,11 +57,12 @@ def test_chunked_scores_equal_one_pass():
 
 def test_an_analysis_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
     import interpretability
+    from analysis import summary
 
     cfg = Config(p=23, d_embed=8, d_hidden=16, epochs=2, checkpoint_dir=str(tmp_path / "c"),
                  results_dir=str(tmp_path / "r"))
-    train.train(cfg, progress=False)
-    monkeypatch.setattr(interpretability, "available_bytes", lambda device: 10**5)  # < the estimate (2 GB)
+    train(cfg, progress=False)
+    monkeypatch.setattr(summary, "available_bytes", lambda device: 10**5)  # < the estimate (2 GB)
     code = interpretability.main(["--checkpoint", str(tmp_path / "c/model_final.pth"), "--results-dir",
                                   str(tmp_path / "analysis"), "--quiet"])
     err = capsys.readouterr().err
@@ -70,11 +72,11 @@ def test_an_analysis_that_cannot_fit_is_refused_before_anything_is_written(tmp_p
 
 def test_bench_analysis_measures_every_phase_and_puts_the_chunks_back(tmp_path, capsys):
     import bench_analysis
-    import circuit
+    from analysis import circuit
 
     cfg = Config(p=23, d_embed=8, d_hidden=16, epochs=2, checkpoint_dir=str(tmp_path / "c"),
                  results_dir=str(tmp_path / "r"))
-    train.train(cfg, progress=False)
+    train(cfg, progress=False)
     chunks = circuit.Grid.chunks
     assert bench_analysis.main(["--checkpoint", str(tmp_path / "c/model_final.pth"), "--chunks", "1",
                                 "--results-dir", str(tmp_path / "plots")]) == 0

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import build_model
+from core.checkpoint import build_model
 from model import HOOK_NAMES, ToyMLP, ablate_neurons, patch
 
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checkpoint import load_checkpoint, load_model
+from config import Config
 from conftest import ROOT
+from core.checkpoint import load_checkpoint, load_model
+from core.training import EMBED_NOISE_SEED, evaluate, make_optimizer, train
+from core.transformer import Transformer
 from dataset import corrupt_labels, make_data
 from model import ToyMLP, cross_entropy_per_row
-from train import EMBED_NOISE_SEED, Config, evaluate, make_optimizer, train
-from transformer import Transformer
 
 
 def small(folder, **overrides) -> Config:

@@ -6,12 +6,12 @@ import sys
 import pytest
 import torch
 
+from analysis.circuit import Grid
+from analysis.progress_measures import ONSETS, describe, onsets, snapshot_measures, training_phases
 from conftest import ROOT
 from dataset import make_data
 from handbuilt import handbuilt_model
-from interpretability import Grid
 from model import ToyMLP
-from progress import ONSETS, describe, onsets, phase_boundaries, snapshot_measures
 
 P, KEYS = 59, [4, 11, 23]
 
@@ -57,12 +57,12 @@ def test_phase_rule_by_hand():
     history, series = synthetic_run()
     # epoch 60: restricted 1.9 <= 4 / 2 but the weight norm rose (77 -> 78); epoch 70: 1.0, and 78 -> 70
     # clean-up ends at the first snapshot where the weight norm does not fall: 45 -> 46 at epoch 110
-    assert phase_boundaries(history, series) == {"memorization_end": 20, "generalized": True,
+    assert training_phases(history, series) == {"memorization_end": 20, "generalized": True,
                                                  "cleanup_start": 70, "cleanup_end": 110}
     series["weight_norm"] = [100 - e / 10 for e in series["epoch"]]  # falls to the end: clean-up never ends
-    assert phase_boundaries(history, series)["cleanup_end"] is None
+    assert training_phases(history, series)["cleanup_end"] is None
     series["restricted_loss"] = [3.0, 3.5, 4.0] + [2.1] * 12  # never halves: no clean-up
-    assert phase_boundaries(history, series)["cleanup_start"] is None
+    assert training_phases(history, series)["cleanup_start"] is None
 
 
 def test_onsets_by_hand():
@@ -77,18 +77,18 @@ def test_onsets_by_hand():
 def test_no_phase_after_memorization_for_a_run_that_did_not_generalize(tmp_path):
     history, series = synthetic_run()
     history["test_acc"] = [0.5] * len(history["epoch"])
-    phases = phase_boundaries(history, series)
+    phases = training_phases(history, series)
     assert phases == {"memorization_end": 20, "generalized": False, "cleanup_start": None, "cleanup_end": None}
-    text = describe({"phases": phases, "series": series, "onsets": onsets(series, 20), "grokking_epoch": None,
+    text = describe({"training_phases": phases, "series": series, "onsets": onsets(series, 20), "grokking_epoch": None,
                      "key_frequencies": [4]})
     assert "did not generalize" in text and "clean-up" not in text.replace("or clean-up", "")
     history["train_acc"] = [0.5] * len(history["epoch"])
-    assert phase_boundaries(history, series)["memorization_end"] is None
+    assert training_phases(history, series)["memorization_end"] is None
 
 
 def test_describe_states_the_phases_and_what_moved_first():
     history, series = synthetic_run()
-    result = {"phases": phase_boundaries(history, series), "series": series, "onsets": onsets(series, 20),
+    result = {"training_phases": training_phases(history, series), "series": series, "onsets": onsets(series, 20),
               "grokking_epoch": 90, "key_frequencies": [4]}
     text = describe(result)
     assert "memorization 0-20, circuit formation 20-70, clean-up 70-110" in text
@@ -120,7 +120,7 @@ def test_quick_start_runs_end_to_end_and_groks(tmp_path):
     training = json.loads((res / "training_summary.json").read_text())
     assert training["grokking_epoch"] >= 10 * training["memorization_epoch"]
     replay = json.loads((res / "progress_measures.json").read_text())
-    phases = replay["phases"]
+    phases = replay["training_phases"]
     assert phases["memorization_end"] == training["memorization_epoch"]
     assert phases["memorization_end"] < phases["cleanup_start"] <= training["grokking_epoch"]
     # the circuit's signature (Nanda et al.): at the end the key directions alone still predict well,
@@ -152,7 +152,7 @@ def test_quick_start_runs_end_to_end_and_groks(tmp_path):
 def test_phase_rule_edges_by_hand(memorized, restricted, norm, expected):
     epochs = [0, 10, 20, 30, 40]
     history = {"epoch": epochs, "train_acc": [1.0 if e >= memorized else 0.0 for e in epochs], "test_acc": [1.0] * 5}
-    phases = phase_boundaries(history, {"epoch": epochs, "restricted_loss": restricted, "weight_norm": norm})
+    phases = training_phases(history, {"epoch": epochs, "restricted_loss": restricted, "weight_norm": norm})
     assert (phases["cleanup_start"], phases["cleanup_end"]) == expected
 
 
@@ -165,7 +165,7 @@ def test_onset_at_exactly_the_factor():
 def test_without_key_frequencies_the_clean_up_rule_does_not_apply():
     _, series = synthetic_run()
     phases = {"memorization_end": 20, "generalized": True, "cleanup_start": None, "cleanup_end": None}
-    text = describe({"phases": phases, "series": series, "onsets": dict.fromkeys(ONSETS), "grokking_epoch": 90,
+    text = describe({"training_phases": phases, "series": series, "onsets": dict.fromkeys(ONSETS), "grokking_epoch": 90,
                      "key_frequencies": []})
     assert text == ("Phases: memorization 0-20, circuit formation 20-140 (no key frequencies, so the clean-up rule, "
                     "which reads the restricted loss, does not apply); grokked (test acc >= 99%) at epoch 90.")
@@ -191,5 +191,5 @@ def test_without_key_frequencies_the_clean_up_rule_does_not_apply():
 def test_describe_word_for_word(phases, expected):
     _, series = synthetic_run()
     moved = onsets(series, 20) if phases["cleanup_end"] else dict.fromkeys(ONSETS)
-    result = {"phases": phases, "series": series, "onsets": moved, "grokking_epoch": 90, "key_frequencies": [4]}
+    result = {"training_phases": phases, "series": series, "onsets": moved, "grokking_epoch": 90, "key_frequencies": [4]}
     assert describe(result) == expected

@@ -17,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script t
 import interpretability  # noqa: E402
 import progress  # noqa: E402
 import report  # noqa: E402
-from checkpoint import load_model  # noqa: E402
-from train import Config, train  # noqa: E402
+from config import Config  # noqa: E402
+from core.checkpoint import load_model  # noqa: E402
+from core.training import train  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 PLOTS = ["training-curves", "epoch-slider", "neuron-explorer", "fourier-spectrum", "ablation-curves",
@@ -56,7 +57,7 @@ def test_the_page_is_one_offline_file_with_every_part(page_path):
     assert "Missing" not in body
     for name in PLOTS:
         assert f'id="{name}-plot"' in text
-    assert "Key frequencies" in text or "No clear frequency structure" in text  # interpretability.findings
+    assert "Key frequencies" in text or "No clear frequency structure" in text  # summary.findings
     assert "<th>weight_decay</th>" in text  # the config
     assert page_path.stat().st_size <= MAX_BYTES
 
@@ -118,7 +119,7 @@ def test_a_transformer_report_shows_each_heads_attention(tmp_path):
     attention = parts["Attention heads"]
     assert [trace.type for trace in attention.data] == ["heatmap"] * 4  # 2 heads x (to a, to b)
     model, _ = load_model(ckpt / "model_final.pth")
-    assert torch.allclose(torch.tensor(attention.data[1].z), report.transformer_analysis.attention_patterns(
+    assert torch.allclose(torch.tensor(attention.data[1].z), report.attention.attention_patterns(
         model, report.load_run(ckpt, res)["grid"])[0, 1], atol=1e-6)
 
 

@@ -1,4 +1,4 @@
-"""sweep.py's grid, its database (sweep_db.py), the phase rule and the phase diagram (phase_diagram.py)."""
+"""sweep.py's grid, its database (sweeps/database.py) and the phase diagram drawn from it (phase_diagram.py)."""
 import csv
 import json
 import sqlite3
@@ -7,15 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-import batched
-import phase_diagram
 import sweep
-import sweep_db
-import sweep_engine
-import train as train_module
-from checkpoint import load_model
-from phase_diagram import draw_phase_diagram, phase, phase_cells, phase_of_history
-from train import Config
+from config import Config, parse_sets
+from core.checkpoint import load_model
+from core.training import train
+from sweeps import batched, database, runner
+from sweeps.regimes import draw_phase_diagram, regime_of_history, regime_of_row
 
 # Tiny real runs: p = 11, 20 full-batch epochs, ~1 s each (most of it the training-curves plot).
 TINY_SETS = ["d_embed=8", "d_hidden=16", "epochs=20", "snapshot_every=10", "checkpoint_every=10"]
@@ -28,7 +25,7 @@ def run_sweep(tmp_path, *sets, seeds=("0",), extra=(), workers="1"):
 
 @pytest.fixture
 def trained(monkeypatch):
-    """Count the runs sweep.py trains (train.train calls, models given to train_batched); `fail_on` = n makes
+    """Count the runs sweep.py trains (train calls, models given to train_batched); `fail_on` = n makes
     the call that would train the n-th run a Ctrl-C."""
     calls = {"n": 0, "fail_on": None}
 
@@ -39,21 +36,21 @@ def trained(monkeypatch):
 
     def counting(cfg, *args, **kwargs):
         count(1)
-        return train_module.train(cfg, *args, **kwargs)
+        return train(cfg, *args, **kwargs)
 
     def counting_batched(cfgs, *args, **kwargs):
         count(len(cfgs))
         return batched.train_batched(cfgs, *args, **kwargs)
 
-    monkeypatch.setattr(sweep_engine, "train", counting)
-    monkeypatch.setattr(sweep_engine, "train_batched", counting_batched)
+    monkeypatch.setattr(runner, "train", counting)
+    monkeypatch.setattr(runner, "train_batched", counting_batched)
     return calls
 
 
 def stored(tmp_path) -> list[dict]:
-    conn = sweep_db.connect(tmp_path / "sweep.sqlite", create=False)
+    conn = database.connect(tmp_path / "sweep.sqlite", create=False)
     try:
-        return sweep_db.get_runs(conn)
+        return database.get_runs(conn)
     finally:
         conn.close()
 
@@ -61,7 +58,7 @@ def stored(tmp_path) -> list[dict]:
 # --- the grid ---------------------------------------------------------------------------------------------
 
 def test_grid_is_the_product_of_primes_sets_and_seeds_in_order():
-    sets = sweep.parse_sets(["lr=0.01,0.03", "op=add,sub", "epochs=7"])
+    sets = parse_sets(["lr=0.01,0.03", "op=add,sub", "epochs=7"])
     assert sets == {"lr": [0.01, 0.03], "op": ["add", "sub"], "epochs": [7]}
     assert type(sets["epochs"][0]) is int and type(sets["lr"][0]) is float  # parsed by the Config field's type
     grid = sweep.expand_grid(Config(), sets, primes=[11, 13], seeds=[0, 1])
@@ -73,12 +70,12 @@ def test_grid_is_the_product_of_primes_sets_and_seeds_in_order():
 
 def test_one_value_per_setting_keeps_the_old_behaviour():
     """The README's `--set lr=0.01 weight_decay=3`: one run per (p, seed), those values in each."""
-    grid = sweep.expand_grid(Config(), sweep.parse_sets(["lr=0.01", "weight_decay=3"]), [113], [0, 1, 2])
+    grid = sweep.expand_grid(Config(), parse_sets(["lr=0.01", "weight_decay=3"]), [113], [0, 1, 2])
     assert [(c.p, c.seed, c.lr, c.weight_decay) for c in grid] == [(113, s, 0.01, 3.0) for s in (0, 1, 2)]
 
 
 def test_duplicates_make_one_run():
-    assert sweep.parse_sets(["lr=0.1,0.1,0.2"]) == {"lr": [0.1, 0.2]}
+    assert parse_sets(["lr=0.1,0.1,0.2"]) == {"lr": [0.1, 0.2]}
     assert len(sweep.expand_grid(Config(), {"weight_decay": [1.0]}, [11], [0, 0, 1])) == 2
 
 
@@ -106,38 +103,57 @@ def test_diagram_refuses_a_grid_that_varies_a_third_setting(tmp_path, capsys):
 
 def test_key_ignores_bookkeeping_but_not_what_changes_the_result():
     base = Config()
-    h = sweep_db.config_hash(base)
-    assert sweep_db.config_hash(replace(base, weight_decay=1)) == h  # an int 1 is the float 1.0
+    h = database.config_hash(base)
+    assert database.config_hash(replace(base, weight_decay=1)) == h  # an int 1 is the float 1.0
     for name, value in [("checkpoint_dir", "elsewhere"), ("results_dir", "x"), ("device", "cpu"),
                         ("snapshot_every", 7), ("checkpoint_every", 3)]:
-        assert sweep_db.config_hash(replace(base, **{name: value})) == h, name
+        assert database.config_hash(replace(base, **{name: value})) == h, name
     for name, value in [("eval_every", 1), ("epochs", 9), ("seed", 1), ("data_seed", 1), ("train_frac", 0.31)]:
-        assert sweep_db.config_hash(replace(base, **{name: value})) != h, name
-    assert json.loads(sweep_db.config_key(base)) == {k: getattr(base, k) for k in sweep_db.KEY_FIELDS}
+        assert database.config_hash(replace(base, **{name: value})) != h, name
+    assert json.loads(database.config_key(base)) == {k: getattr(base, k) for k in database.KEY_FIELDS}
 
 
 def record(cfg: Config, **summary) -> dict:
     row = {"p": cfg.p, "seed": cfg.seed, "memorization_epoch": 20, "grokking_epoch": 300, "grokking_delay": 15.0,
            "key_frequencies": [3, 7]} | summary
-    return {"config_hash": sweep_db.config_hash(cfg), "config_key": sweep_db.config_key(cfg), "config": vars(cfg),
-            "status": "done", "phase": phase_diagram.phase_of_row(row), "analyzed": 0, "summary": row,
+    return {"config_hash": database.config_hash(cfg), "config_key": database.config_key(cfg), "config": vars(cfg),
+            "status": "done", "regime": regime_of_row(row), "analyzed": 0, "summary": row,
             "history": {"epoch": [5, 10], "train_acc": [0.5, 1.0]}, "checkpoint": None,
             "created": "2026-01-01T00:00:00+00:00", "provenance": {"command": "test"}}
 
 
 def test_database_round_trip(tmp_path):
     path = tmp_path / "db/sweep.sqlite"
-    conn = sweep_db.connect(path)
+    conn = database.connect(path)
     runs = [record(Config(seed=s)) for s in range(3)]
-    sweep_db.put_runs(conn, runs[:1])
-    sweep_db.put_runs(conn, runs[1:])  # several runs in one transaction
+    database.put_runs(conn, runs[:1])
+    database.put_runs(conn, runs[1:])  # several runs in one transaction
     conn.close()
-    conn = sweep_db.connect(path, create=False)
-    assert sweep_db.get_runs(conn) == runs
-    assert sweep_db.get_runs(conn, [runs[2]["config_hash"], "missing", runs[0]["config_hash"]]) == [runs[2], runs[0]]
-    sweep_db.put_runs(conn, [record(Config(seed=0), grokking_epoch=100)])  # the same key replaces its row
-    assert [r["summary"]["grokking_epoch"] for r in sweep_db.get_runs(conn)] == [300, 300, 100]
-    assert sweep_db.get_runs(conn, history=False)[0].get("history") is None
+    conn = database.connect(path, create=False)
+    assert database.get_runs(conn) == runs
+    assert database.get_runs(conn, [runs[2]["config_hash"], "missing", runs[0]["config_hash"]]) == [runs[2], runs[0]]
+    database.put_runs(conn, [record(Config(seed=0), grokking_epoch=100)])  # the same key replaces its row
+    assert [r["summary"]["grokking_epoch"] for r in database.get_runs(conn)] == [300, 300, 100]
+    assert database.get_runs(conn, history=False)[0].get("history") is None
+    conn.close()
+
+
+def test_a_database_of_the_first_schema_is_upgraded_with_every_run_kept(tmp_path):
+    """Schema grokking-sweep/1 named the run-regime column `phase`; opening such a file renames it in place."""
+    path = tmp_path / "old.sqlite"
+    runs = [record(Config(seed=s)) for s in range(2)]
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executescript(database._CREATE.replace("    regime      TEXT", "    phase       TEXT"))
+        conn.execute("INSERT INTO meta VALUES ('schema', 'grokking-sweep/1')")
+        columns = ["phase" if c == "regime" else c for c in database.COLUMNS]
+        conn.executemany(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                         [tuple(json.dumps(r[c]) if c in database.JSON_COLUMNS else r[c] for c in database.COLUMNS)
+                          for r in runs])
+    conn.close()
+    conn = database.connect(path, create=False)
+    assert database.get_runs(conn) == runs and [r["regime"] for r in runs] == ["grokking", "grokking"]
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == database.SCHEMA
     conn.close()
 
 
@@ -151,8 +167,8 @@ def test_a_foreign_file_is_refused_and_left_as_it_was(tmp_path, capsys, content)
     else:
         path.write_text("not a database\n" * 100)
     before = path.read_bytes()
-    with pytest.raises(sweep_db.SweepDBError):
-        sweep_db.connect(path)
+    with pytest.raises(database.SweepDBError):
+        database.connect(path)
     with pytest.raises(SystemExit) as exit_:
         sweep.main(["--seeds", "0", "--db", str(path), "--out", str(tmp_path / "sweep.json")])
     assert exit_.value.code == 2 and "error:" in capsys.readouterr().err
@@ -168,7 +184,7 @@ def test_a_second_call_trains_nothing_and_exports_match_the_database(tmp_path, t
     assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
     for r in runs:  # the stored history is the run's own, and its summary agrees with it
         assert r["history"]["epoch"][-1] == r["summary"]["epochs_run"] == 20
-        assert r["phase"] == phase_of_history(r["history"])
+        assert r["regime"] == regime_of_history(r["history"])
         assert r["provenance"]["command"] and r["created"] and "versions" in r["provenance"]
     capsys.readouterr()
     assert run_sweep(tmp_path, "weight_decay=0.5,1", seeds=("0", "1")) == 0
@@ -181,7 +197,7 @@ def test_a_second_call_trains_nothing_and_exports_match_the_database(tmp_path, t
     assert len(exported) == 1 and exported[0]["weight_decay"] == 1.0 and exported[0]["seed"] == 0
 
     run_sweep(tmp_path, "weight_decay=0.5,1", seeds=("0", "1"))
-    flat = [sweep_db.flat_row(r) for r in stored(tmp_path)]
+    flat = [database.flat_row(r) for r in stored(tmp_path)]
     exported = json.loads((tmp_path / "out/sweep.json").read_text())["runs"]
     assert sorted(exported, key=lambda r: r["config_hash"]) == sorted(flat, key=lambda r: r["config_hash"])
     with open(tmp_path / "out/sweep.csv", newline="") as f:
@@ -236,78 +252,15 @@ def test_diagram_after_the_sweep_and_from_the_database_alone(tmp_path, trained, 
     assert sorted(data["cells"]) == [(0.4, 1.0), (0.6, 1.0)] and (tmp_path / "again.png").is_file()
 
 
-# --- the phase rule ---------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("memorized, generalized, expected", [
-    (20, 200, "grokking"),         # exactly 10x: grokking
-    (20, 199, "comprehension"),    # just under 10x
-    (20, 20, "comprehension"),
-    (40, 25, "comprehension"),     # test before train
-    (20, None, "memorization"),
-    (None, None, "confusion"),
-    (None, 300, "comprehension"),  # test reached without train (label noise)
-])
-def test_phase_rule_by_hand(memorized, generalized, expected):
-    assert phase(memorized, generalized) == expected
-
-
-@pytest.mark.parametrize("train_top, test_top, expected", [
-    (0.99, 0.99, "grokking"),        # exactly 99 % counts as reached
-    (0.99, 0.9899, "memorization"),
-    (0.9899, 0.9899, "confusion"),
-    (0.9899, 0.99, "comprehension"),
-])
-def test_phase_rule_at_exactly_99_percent(train_top, test_top, expected):
-    history = {"epoch": [10, 20, 200], "train_acc": [0.5, train_top, train_top], "test_acc": [0.0, 0.1, test_top]}
-    assert phase_of_history(history) == expected
-
-
-def test_phase_of_a_diverged_run():
-    assert phase_diagram.phase_of_row({"p": 11, "seed": 0, "diverged": True}) == "diverged"
-
-
-# --- the diagram ------------------------------------------------------------------------------------------
-
-def hand_rows():
-    rows = []
-    spec = {(0.2, 1.0): ["memorization"] * 3, (0.3, 1.0): ["grokking", "grokking", "comprehension"],
-            (0.3, 3.0): ["comprehension", "grokking"], (0.2, 3.0): ["confusion", "confusion", "memorization"]}
-    epochs = {"grokking": 400, "comprehension": 100}
-    for (tf, wd), phases in spec.items():
-        for seed, ph in enumerate(phases):
-            g = epochs.get(ph)
-            rows.append({"train_frac": tf, "weight_decay": wd, "seed": seed, "lr": 0.03, "phase": ph,
-                         "grokking_epoch": g + seed if g else None, "grokking_delay": g / 20 if g else None})
-    return rows
-
-
-def test_phase_cells_colour_by_majority_with_median_epochs():
-    data = phase_cells(hand_rows(), "train_frac", "weight_decay")
-    assert data["x"] == [0.2, 0.3] and data["y"] == [1.0, 3.0]
-    cells = data["cells"]
-    assert cells[(0.2, 1.0)] == {"n": 3, "counts": {"memorization": 3}, "phase": "memorization",
-                                 "median_grokking_epoch": None, "median_delay": None}
-    assert cells[(0.3, 1.0)]["phase"] == "grokking" and cells[(0.3, 1.0)]["counts"] == {"grokking": 2,
-                                                                                        "comprehension": 1}
-    assert cells[(0.3, 1.0)]["median_grokking_epoch"] == 400  # of 400, 401 and 102
-    assert cells[(0.3, 3.0)]["phase"] == "tie"  # 1 comprehension, 1 grokking: no majority
-    assert cells[(0.2, 3.0)]["phase"] == "confusion"
-
-
-def test_diagram_draws_hand_made_rows_and_refuses_mixed_settings(tmp_path):
-    data = draw_phase_diagram(None, "train_frac", "weight_decay", path=tmp_path / "d.png", rows=hand_rows())
-    assert (tmp_path / "d.png").stat().st_size > 10_000 and len(data["cells"]) == 4
-    data = draw_phase_diagram(None, "train_frac", "weight_decay", where={"train_frac": [0.3]},
-                              path=tmp_path / "d.png", rows=hand_rows())
-    assert sorted(data["cells"]) == [(0.3, 1.0), (0.3, 3.0)]
-    mixed = hand_rows() + [{"train_frac": 0.2, "weight_decay": 1.0, "seed": 9, "lr": 0.01, "phase": "grokking"}]
-    with pytest.raises(ValueError, match="differ in lr"):
-        phase_cells(mixed, "train_frac", "weight_decay")
+def test_a_grid_over_two_settings_draws_its_diagram_unasked(tmp_path, trained):
+    png = tmp_path / "out/phase_diagram.png"
+    assert run_sweep(tmp_path, "train_frac=0.4") == 0 and not png.exists()  # one setting: no diagram
+    assert run_sweep(tmp_path, "train_frac=0.4,0.6", "weight_decay=1,2") == 0 and png.is_file()
 
 
 def test_analyze_uses_the_single_engine_and_survives_a_model_without_key_frequencies(tmp_path, trained):
     """20 epochs at p = 11: nothing learned, so no key frequency (min over none used to crash)."""
     assert run_sweep(tmp_path, extra=("--analyze",)) == 0
     (run,) = stored(tmp_path)
-    assert run["analyzed"] == 1 and run["provenance"]["engine"].startswith("train.train")
+    assert run["analyzed"] == 1 and run["provenance"]["engine"].startswith("core.training.train")
     assert run["summary"]["key_frequencies"] == [] and run["summary"]["worst_key_frequency_ablation_acc"] is None

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 import sweep
-import sweep_db
 from conftest import ROOT
+from sweeps import database
 
 # Tiny real runs (p = 11, 30 full-batch epochs) over two weight decays and two seeds.
 GRID = ["--primes", "11", "--seeds", "0", "1", "--set", "d_embed=8", "d_hidden=16", "epochs=30",
@@ -27,16 +27,16 @@ def on_loopback_only(argv: list[str]) -> int:
 
 
 def table(tmp_path, name, *extra, run=sweep.main) -> dict:
-    """Run the grid into its own database; {config_hash: (phase, summary without timings, history)}."""
+    """Run the grid into its own database; {config_hash: (run regime, summary without timings, history)}."""
     db = tmp_path / f"{name}.sqlite"
     assert run([*GRID, "--db", str(db), "--out", str(tmp_path / name / "sweep.json"), *extra]) == 0
-    conn = sweep_db.connect(db, create=False)
+    conn = database.connect(db, create=False)
     try:
-        runs = sweep_db.get_runs(conn)
+        runs = database.get_runs(conn)
     finally:
         conn.close()
     timing = ("wall_seconds", "ms_per_step", "seconds_to_grok")
-    return {r["config_hash"]: (r["phase"], {k: v for k, v in r["summary"].items() if k not in timing},
+    return {r["config_hash"]: (r["regime"], {k: v for k, v in r["summary"].items() if k not in timing},
                                {k: v for k, v in r["history"].items() if k != "seconds"}) for r in runs}
 
 
@@ -56,7 +56,7 @@ def test_a_pool_of_worker_processes_gives_the_same_table(tmp_path, reference):
 
 def test_the_ray_backend_gives_the_same_table(tmp_path, reference):
     pytest.importorskip("ray")  # requirements-cluster.txt; .ci/run installs it
-    # A local Ray instance (sweep_engine starts and stops it), two chunks of two models, in a network
+    # A local Ray instance (sweeps/runner.py starts and stops it), two chunks of two models, in a network
     # namespace with nothing but loopback.
     assert table(tmp_path, "ray", "--backend", "ray", "--chunk", "2", run=on_loopback_only) == reference
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checkpoint import load_checkpoint, load_model
+from config import ARCH_DEFAULTS, Config, config_from_args
 from conftest import ROOT, start_training
+from core.checkpoint import load_checkpoint, load_model
+from core.training import load_optimizer_state, make_optimizer, snapshot_epochs, train, train_one_epoch
+from core.transformer import Transformer
 from dataset import make_data
 from model import ToyMLP
-from train import (ARCH_DEFAULTS, Config, config_from_args, load_optimizer_state, make_optimizer, snapshot_epochs, train,
-                   train_one_epoch)
-from transformer import Transformer
 
 
 def small(tmp_path, **overrides) -> Config:

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.transformer import HOOK_NAMES, Transformer
 from handbuilt import handbuilt_transformer
-from transformer import HOOK_NAMES, Transformer
 
 
 def make(p=11, d_model=12, n_heads=3, d_mlp=20, seed=0):

@@ -10,13 +10,15 @@ import pytest
 import torch
 
 import interpretability
-import transformer_analysis
-from checkpoint import save_checkpoint
+from analysis import attention
+from analysis.circuit import Grid
+from analysis.summary import analyze, findings
+from config import Config
 from conftest import ROOT
+from core.checkpoint import save_checkpoint
+from core.training import train
 from dataset import make_data
 from handbuilt import fourier_transformer, handbuilt_model
-from interpretability import Grid
-from train import Config, train
 
 P, KEYS = 31, [3, 7, 11]
 
@@ -38,7 +40,7 @@ def test_the_handbuilt_transformer_computes_its_mlp_exactly():
 
 def test_analysis_returns_exactly_the_built_frequencies_and_clusters():
     model, neuron_freq = fourier_transformer(P, KEYS)
-    result = interpretability.analyze(model, grid_for(), draws=1)
+    result = analyze(model, grid_for(), draws=1)
     f = result["fourier"]
     assert f["key_frequencies"] == KEYS
     assert f["neuron_cluster"] == neuron_freq  # every neuron in the cluster of the frequency it was built on
@@ -55,7 +57,7 @@ def test_analysis_returns_exactly_the_built_frequencies_and_clusters():
 
 def test_attention_patterns_are_the_two_fixed_position_patterns():
     model, _ = fourier_transformer(P, KEYS)
-    patterns = transformer_analysis.attention_patterns(model, grid_for())  # (heads, to a / to b, p, p)
+    patterns = attention.attention_patterns(model, grid_for())  # (heads, to a / to b, p, p)
     expected = torch.zeros(2, 2, P, P)
     expected[0, 0], expected[1, 1] = 1.0, 1.0
     torch.testing.assert_close(patterns, expected, atol=1e-6, rtol=0)
@@ -64,7 +66,7 @@ def test_attention_patterns_are_the_two_fixed_position_patterns():
 def test_mean_ablating_a_head_removes_its_operand():
     model, _ = fourier_transformer(P, KEYS)
     grid = grid_for()
-    ablations = transformer_analysis.head_ablations(model, grid)
+    ablations = attention.head_ablations(model, grid)
     assert [a["head"] for a in ablations] == [0, 1]
     for a in ablations:
         # with one operand replaced by its mean the logits still depend on the other operand only,
@@ -76,13 +78,13 @@ def test_mean_ablating_a_head_removes_its_operand():
 def test_the_residual_stream_at_eq_is_all_key_frequency():
     model, _ = fourier_transformer(P, KEYS)
     grid = grid_for()
-    r = transformer_analysis.residual_key_directions(model, grid, KEYS)
+    r = attention.residual_key_directions(model, grid, KEYS)
     assert r["key_variance_share"] > 1 - 1e-9  # the two copied embeddings, pure key frequencies
     assert r["keep_key_acc"] == 1.0
     # without them the residual is constant, the hidden layer 0 and every logit equal: loss log p
     assert abs(r["remove_key_loss"] - math.log(P)) < 1e-4
     # with only one key frequency declared, the others are removed: the share drops to a third
-    r1 = transformer_analysis.residual_key_directions(model, grid, KEYS[:1])
+    r1 = attention.residual_key_directions(model, grid, KEYS[:1])
     assert abs(r1["key_variance_share"] - 1 / 3) < 1e-6
 
 
@@ -97,7 +99,7 @@ def test_the_residual_streams_mean_is_kept_with_either_part():
     with torch.no_grad():
         model.W_E[P, O:O + P] = bias
         full_loss = grid.loss_acc(model(grid.a, grid.b))[0]
-    r = transformer_analysis.residual_key_directions(model, grid, KEYS)
+    r = attention.residual_key_directions(model, grid, KEYS)
     assert abs(r["keep_key_loss"] - full_loss) <= 1e-3 * full_loss
     uniform_with_bias = float(torch.logsumexp(bias.double(), 0)) - float(bias.double()[grid.y].mean())
     assert abs(r["remove_key_loss"] - uniform_with_bias) < 1e-4
@@ -117,7 +119,7 @@ def test_run_writes_the_attention_plot_and_the_head_summary(tmp_path):
     heads = saved["attention"]
     assert [round(h["mean_to_a"], 6) for h in heads] == [1.0, 0.0]
     assert [round(h["mean_to_b"], 6) for h in heads] == [0.0, 1.0]
-    text = " ".join(interpretability.findings(saved))
+    text = " ".join(findings(saved))
     assert "head 0: 100% to a, 0% to b" in text and "head 1: 0% to a, 100% to b" in text
 
 

@@ -2,7 +2,7 @@
 
 A run's key is the canonical JSON of the Config fields that decide its result (KEY_FIELDS: every field but
 BOOKKEEPING) and a short hash of it. Each row holds the run's summary (the row sweep.py prints and exports), its
-history (train.py's per-evaluation history), its phase label, where its checkpoints were kept, the time it was
+history (train.py's per-evaluation history), its run regime (sweeps/regimes.py), where its checkpoints were kept, the time it was
 stored and its provenance. CSV and JSON files are exports of it; the database is the source of truth.
 
 Writes are one transaction per call of put_runs, which takes any number of runs (one now; a batched engine
@@ -17,10 +17,11 @@ import sqlite3
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from train import Config
-from utils import atomic_write
+from config import Config
+from core.utils import atomic_write
 
-SCHEMA = "grokking-sweep/1"
+SCHEMA = "grokking-sweep/2"
+UPGRADES = {"grokking-sweep/1": "ALTER TABLE runs RENAME COLUMN phase TO regime"}  # older schema -> SQL
 # Config fields that do not change a run's result: where files go, how often they are written, which device
 # ran it (CPU and GPU differ only by float rounding; the device used is in the row's provenance).
 # eval_every is NOT here: it sets the resolution of the memorization/grokking epochs and so the stop rule.
@@ -35,7 +36,7 @@ CREATE TABLE IF NOT EXISTS runs (
     config_key  TEXT NOT NULL,      -- canonical JSON of the KEY_FIELDS of the run's Config (sorted keys)
     config      TEXT NOT NULL,      -- the full Config as JSON, bookkeeping fields included
     status      TEXT NOT NULL,      -- 'done' or 'diverged' (non-finite loss)
-    phase       TEXT NOT NULL,      -- comprehension, grokking, memorization, confusion or diverged
+    regime      TEXT NOT NULL,      -- run regime: comprehension, grokking, memorization, confusion or diverged
     analyzed    INTEGER NOT NULL,   -- 1 if the summary holds the --analyze fields
     summary     TEXT NOT NULL,      -- JSON: the run's row (what sweep.py prints and exports)
     history     TEXT,               -- JSON: train.py's history (epoch, losses, accuracies, ...); NULL if diverged
@@ -44,7 +45,7 @@ CREATE TABLE IF NOT EXISTS runs (
     provenance  TEXT NOT NULL       -- JSON: command, library versions, git commit, device, engine
 );
 """
-COLUMNS = ("config_hash", "config_key", "config", "status", "phase", "analyzed", "summary", "history",
+COLUMNS = ("config_hash", "config_key", "config", "status", "regime", "analyzed", "summary", "history",
            "checkpoint", "created", "provenance")
 JSON_COLUMNS = ("config", "summary", "history", "provenance")
 
@@ -93,6 +94,11 @@ def connect(path, create: bool = True) -> sqlite3.Connection:
     if schema is None or "runs" not in tables:
         conn.close()
         raise SweepDBError(f"{path} is a database, but not one written by sweep.py: pass another --db")
+    if schema[0] in UPGRADES:  # a database of an earlier sweep.py: upgraded in place, every run kept
+        with conn:
+            conn.execute(UPGRADES[schema[0]])
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA,))
+        schema = (SCHEMA,)
     if schema[0] != SCHEMA:
         conn.close()
         raise SweepDBError(f"{path} has schema {schema[0]!r}; this sweep.py reads {SCHEMA!r}")
@@ -131,9 +137,9 @@ def get_runs(conn: sqlite3.Connection, hashes=None, history: bool = True) -> lis
 
 
 def flat_row(record: dict) -> dict:
-    """One exported row: hash and phase, the run's key settings, then its summary row."""
+    """One exported row: hash and run regime, the run's key settings, then its summary row."""
     key = json.loads(record["config_key"])
-    return {"config_hash": record["config_hash"], "phase": record["phase"], **key, **record["summary"]}
+    return {"config_hash": record["config_hash"], "regime": record["regime"], **key, **record["summary"]}
 
 
 def _cell(value):

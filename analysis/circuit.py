@@ -1,13 +1,12 @@
 """The Fourier circuit of a model, measured over all p*p input pairs (a Grid): its key frequencies
 (spectrum candidates that matter), neuron clusters, logit fit, restricted and excluded losses and
-frequency ablations, in the op's basis (fourier.basis_for). Shared by interpretability.py (the whole
-analysis) and progress.py (the same measures over a run's snapshots); both import it, it imports neither.
+frequency ablations, in the op's basis (fourier.basis_for). Shared by the whole analysis (summary.py) and
+the progress measures (the same measures over a run's snapshots).
 Everything runs over the pairs in chunks (Grid.chunks): memory grows as p^2 x d_hidden, not as p^3.
 """
 import torch
 
-import fourier
-from component_ablation import embedding_with
+from analysis import fourier
 from dataset import make_table
 from model import cross_entropy_per_row
 
@@ -236,3 +235,24 @@ def frequency_removal(model, grid, freqs: list[int], name: str | None = None) ->
 def non_key_removal(model, grid, keys: list[int]) -> dict:
     freqs = [k for k in fourier.frequencies(grid.basis.n) if k not in keys]
     return frequency_removal(model, grid, freqs, "remove all non-key")
+
+
+def embedding_with(model, basis, freqs: list[int], mode: str) -> torch.Tensor:
+    """W_E with the number tokens' component in freqs (in the basis) set to 0 or to its mean over tokens."""
+    W_E = model.W_E.detach().clone()
+    table = basis.table(W_E[:model.p])
+    kept = fourier.remove_frequencies(table, freqs)
+    part = table - kept
+    W_E[basis.tokens] = kept + (0 if mode == "zero" else part.mean(0, keepdim=True))
+    return W_E
+
+
+def correct_logit_in_basis(model_or_logits, grid) -> torch.Tensor:
+    """(n, n): the correct class's logit on the pair at positions (i, j) of the grid's basis; from a model
+    (run chunk by chunk) or its (p*p, p) logits over the grid."""
+    basis, logits_of = grid.basis, logits_function(model_or_logits, grid)
+    correct = basis.tokens[fourier.combination(basis.n, basis.op).reshape(-1)]
+    rows = basis.grid_rows(grid.p)
+    with torch.no_grad():
+        parts = [logits_of(rows[part]).gather(1, correct[part, None]) for part in grid.basis_chunks()]
+    return torch.cat(parts).reshape(basis.n, basis.n)

@@ -1,14 +1,14 @@
 """The transformer-only parts of the analysis: attention, heads and the residual stream at "=".
 
-Each function takes the model and interpretability.Grid (all p*p pairs) and returns plain data;
-interpretability.analyze calls them when the model has attention (has_attention). Like the rest of
+Each function takes the model and circuit.Grid (all p*p pairs) and returns plain data;
+summary.analyze calls them when the model has attention (has_attention). Like the rest of
 the analysis they run over the pairs in chunks (Grid.chunks), so memory grows as p^2, not p^3.
 """
 import torch
 
-import fourier
-from circuit import grid_activations
-from component_ablation import activation_mean, replace_at
+from analysis import fourier
+from analysis.circuit import grid_activations
+from analysis.components import activation_mean, replace_at
 
 
 def has_attention(model) -> bool:

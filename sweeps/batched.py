@@ -1,21 +1,21 @@
 """The batched engine: N models of one architecture trained side by side in one process.
 
-    from batched import train_batched
+    from sweeps.batched import train_batched
     results = train_batched([Config(seed=s, weight_decay=wd) for s in range(4) for wd in (0.3, 1.0)])
 
 Every parameter gets a leading model dimension (torch.func.stack_module_state); the single-model
-forward of model.py / transformer.py runs under torch.func.vmap, so the model code is the one
+forward of model.py / core/transformer.py runs under torch.func.vmap, so the model code is the one
 train.py uses. Each model keeps its own init seed, split (data_seed, train_frac: a padded index
 list per model), label noise, embedding noise (its own generator, as in train.py), learning rate,
 weight decay, betas, epoch budget and stop rule; AdamW is applied with per-model settings, in the
 same order of operations as torch.optim.AdamW. Evaluation scores every model's own train and test
-pairs with train.score_pairs (chunked to bound memory) and records per model exactly the history
+pairs with training.score_pairs (chunked to bound memory) and records per model exactly the history
 train.py records; a model that reaches its stop rule, its epoch budget or a non-finite loss leaves
 the stack.
 
 What must be equal within one call (BATCH_KEY): the architecture and its widths, p, op, the loss
 precision, the evaluation period and the device. Full batch only (batch_size 0): minibatch runs
-go through train.train one at a time (sweep.py does that). No snapshots or resumable checkpoints:
+go through training.train one at a time (sweep.py does that). No snapshots or resumable checkpoints:
 an interrupted chunk is trained again; model_final.pth per model on request.
 """
 import copy
@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
-from checkpoint import build_model, save_checkpoint
+from config import LOSS_DTYPES, Config, model_config, step_bytes
+from core.checkpoint import build_model, save_checkpoint
+from core.training import EMBED_NOISE_SEED, eval_rows, make_summary, new_history, reached_stop_rule, record, score_pairs
+from core.utils import ACCURACY_BAR, resolve_device
 from dataset import make_data, table_size, train_size
 from model import squared_norm
-from train import (EMBED_NOISE_SEED, LOSS_DTYPES, Config, eval_rows, make_summary, model_config, new_history,
-                   reached_stop_rule, record, score_pairs, share, step_bytes)
-from utils import ACCURACY_BAR, resolve_device
 
 # Settings every model of one batch shares; the others may differ per model.
 BATCH_KEY = ("arch", "p", "op", "d_embed", "d_hidden", "activation", "d_model", "n_heads", "d_mlp", "loss_dtype",
@@ -58,7 +58,7 @@ def check_batchable(cfgs: list[Config]) -> None:
         differ = [n for n, *vals in zip(BATCH_KEY, *keys) if len(set(vals)) > 1]
         raise ValueError(f"one batch must share {', '.join(BATCH_KEY)}; these differ: {', '.join(differ)}")
     if cfgs[0].batch_size:
-        raise ValueError("the batched engine trains full batch only (batch_size 0); use train.train for minibatches")
+        raise ValueError("the batched engine trains full batch only (batch_size 0); use training.train for minibatches")
 
 
 class Stack:
@@ -72,7 +72,7 @@ class Stack:
         cfgs = [cfgs[i] for i in order]
         models = []
         for cfg in cfgs:
-            torch.manual_seed(cfg.seed)  # as train.train: the same initial weights
+            torch.manual_seed(cfg.seed)  # as training.train: the same initial weights
             models.append(build_model(model_config(cfg)))
         self.skeleton = copy.deepcopy(models[0]).to("meta")
         params, _ = stack_module_state(models)
@@ -121,7 +121,7 @@ class Stack:
         return vmap(one, in_dims=(0, 0, 0, None if noise is None else 0))(self.params, a, b, noise)
 
     def embed_noise(self, device):
-        """(N, width, 2, d) per-model noise as train.draw_embed_noise draws it (n_train rows each), or None."""
+        """(N, width, 2, d) per-model noise as training.draw_embed_noise draws it (n_train rows each), or None."""
         if not any(self.noise_scale):
             return None
         d = self.params[self.names.index("W_E")].shape[-1]
@@ -169,7 +169,7 @@ class Stack:
 
     @torch.no_grad()
     def evaluate(self) -> list[dict]:
-        """Per model: the metrics train.evaluate records (same keys, labels and chunks of pairs, so the same
+        """Per model: the metrics training.evaluate records (same keys, labels and chunks of pairs, so the same
         numbers while train.py's chunk of EVAL_LOGITS logits fits EVAL_BYTES for all models; beyond that, chunks
         of EVAL_BYTES). Reduced on the device and copied to the host once (a GPU waits once per evaluation,
         not once per model)."""
@@ -184,10 +184,10 @@ class Stack:
         test_pad = torch.arange(self.test_idx.shape[1], device=self.y.device)[None] < self.n_test[:, None]
         corrupted = (self.y_fit.gather(1, self.train_idx) != self.y[self.train_idx]) & self.pad
 
-        def mean(values, mask):  # per model over its own pairs, in float64 as train.evaluate
+        def mean(values, mask):  # per model over its own pairs, in float64 as training.evaluate
             return torch.where(mask, values.double(), 0).sum(1) / mask.sum(1).clamp(min=1)
 
-        # On a CPU the losses and the weight norm are reduced per model as train.evaluate reduces them: a
+        # On a CPU the losses and the weight norm are reduced per model as training.evaluate reduces them: a
         # masked or batched sum rounds the last bit differently (accuracies are exact either way). On a GPU
         # the batched forms, without a kernel per model.
         per_model = self.y.device.type == "cpu"
@@ -213,7 +213,7 @@ class Stack:
         out = []
         for values in table:
             m = dict(zip(columns, values))
-            if not m.pop("has_noise", 0):  # as train.evaluate: label-noise keys only with corrupted pairs
+            if not m.pop("has_noise", 0):  # as training.evaluate: label-noise keys only with corrupted pairs
                 for key in ("clean_train_acc", "noisy_fit_acc", "noisy_true_acc"):
                     m.pop(key, None)
             out.append(m)
@@ -236,7 +236,7 @@ def padded(splits: list[torch.Tensor], device, multiple: int = 1) -> tuple[torch
 
 def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | None = None) -> list[dict]:
     """Train every configuration in `cfgs` side by side; returns, in the same order, one dict per model:
-    {"status": "done" | "diverged", "summary": train.make_summary's dict, "history": ...}. save_dirs[i],
+    {"status": "done" | "diverged", "summary": training.make_summary's dict, "history": ...}. save_dirs[i],
     if given, receives model i's model_final.pth (train.py's checkpoint schema)."""
     check_batchable(cfgs)
     device = resolve_device(cfgs[0].device)
@@ -294,7 +294,7 @@ def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | 
             if diverged[row]:
                 finish(row, "diverged", "non-finite loss")
             elif reached_stop_rule(cfg, grokked.get(i), epoch):
-                if history["epoch"][-1:] != [epoch]:  # as train.train: stopped between evaluations, one more
+                if history["epoch"][-1:] != [epoch]:  # as training.train: stopped between evaluations, one more
                     metrics = metrics or stack.evaluate()
                     record(history, epoch, metrics[row] | {"seconds": time.perf_counter() - start})
                 finish(row, "done", f"reached {cfg.stop_after_grok:g} x the grokking epoch")
@@ -310,6 +310,6 @@ def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | 
 
 
 def estimate_bytes(cfg: Config, n_models: int) -> int:
-    """About the peak memory of training n_models of cfg's shape together (train.step_bytes each) and
+    """About the peak memory of training n_models of cfg's shape together (config.step_bytes each) and
     evaluating them."""
     return n_models * step_bytes(cfg, train_size(table_size(cfg.p, cfg.op), cfg.train_frac)) + EVAL_BYTES

@@ -1,13 +1,14 @@
 """How sweep.py trains its grid: the runs cut into chunks, each chunk trained by one engine, the chunks spread
-over local processes or a Ray cluster. Every chunk returns its database records (sweep_db.COLUMNS), which
+over local processes or a Ray cluster. Every chunk returns its database records (database.COLUMNS), which
 sweep.py stores at once, so an interrupted sweep loses at most the chunks in flight.
 
 Engines: "batched" (batched.train_batched: the chunk's models side by side in one process; full batch, no
-snapshots) and "single" (train.train, one run after another; what --analyze and minibatch runs use, since
+snapshots) and "single" (training.train, one run after another; what --analyze and minibatch runs use, since
 the progress measures replay a run's snapshots).
 Backends: "local" (in this process, or a pool of --workers processes with --threads each) and "ray" (one Ray
 task per chunk, one GPU per task where the cluster has GPUs).
 """
+import importlib.util
 import multiprocessing
 import os
 import signal
@@ -18,12 +19,15 @@ from pathlib import Path
 
 import torch
 
-import sweep_db
-from batched import batch_key, estimate_bytes, train_batched
-from checkpoint import load_checkpoint
-from phase_diagram import phase_of_row
-from train import NonFiniteLoss, StoppedAtOnce, Config, train
-from utils import provenance, resolve_device
+from analysis.progress_measures import replay
+from analysis.summary import analyze_checkpoint
+from config import Config
+from core.checkpoint import load_checkpoint
+from core.training import NonFiniteLoss, StoppedAtOnce, train
+from core.utils import provenance, resolve_device
+from sweeps import database
+from sweeps.batched import batch_key, estimate_bytes, train_batched
+from sweeps.regimes import regime_of_row
 
 ENGINES = ("batched", "single")
 BACKENDS = ("local", "ray")
@@ -80,7 +84,7 @@ def train_chunk(engine: str, cfgs: list[Config], analyze: bool = False, save_che
     """Train one chunk; returns one database record per configuration, in order."""
     if engine == "single":
         return [run_one(cfg, analyze, save_checkpoints, commit) for cfg in cfgs]
-    dirs = [Path(save_checkpoints) / sweep_db.config_hash(c) for c in cfgs] if save_checkpoints else None
+    dirs = [Path(save_checkpoints) / database.config_hash(c) for c in cfgs] if save_checkpoints else None
     results = train_batched(cfgs, save_dirs=dirs)
     records = []
     for i, (cfg, r) in enumerate(zip(cfgs, results)):
@@ -93,9 +97,9 @@ def train_chunk(engine: str, cfgs: list[Config], analyze: bool = False, save_che
 
 
 def run_one(cfg: Config, analyze: bool = False, save_checkpoints=None, commit: str | None = None) -> dict:
-    """Train one configuration with train.train (and analyse it); returns its database record.
+    """Train one configuration with training.train (and analyse it); returns its database record.
     Raises Interrupted on Ctrl-C."""
-    h = sweep_db.config_hash(cfg)
+    h = database.config_hash(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(save_checkpoints) / h if save_checkpoints else Path(tmp) / "checkpoints"
         cfg = replace(cfg, checkpoint_dir=str(ckpt), results_dir=f"{tmp}/results")
@@ -115,7 +119,7 @@ def run_one(cfg: Config, analyze: bool = False, save_checkpoints=None, commit: s
         if analyze and status == "done":
             row |= analysis_row(cfg)
     return make_record(cfg, status, row, history, str(ckpt) if save_checkpoints and status == "done" else None,
-                       commit, "train.train, one run at a time", analyzed=analyze and status == "done")
+                       commit, "core.training.train, one run at a time", analyzed=analyze and status == "done")
 
 
 def _row(cfg: Config, summary: dict | None) -> dict:
@@ -127,23 +131,23 @@ def _row(cfg: Config, summary: dict | None) -> dict:
 def make_record(cfg: Config, status: str, row: dict, history: dict | None, checkpoint: str | None,
                 commit: str | None, engine: str, analyzed: bool = False) -> dict:
     prov = provenance() | {"git_commit": commit, "device": str(resolve_device(cfg.device)), "engine": engine}
-    return {"config_hash": sweep_db.config_hash(cfg), "config_key": sweep_db.config_key(cfg), "config": asdict(cfg),
-            "status": status, "phase": phase_of_row(row), "analyzed": int(analyzed), "summary": row,
+    return {"config_hash": database.config_hash(cfg), "config_key": database.config_key(cfg), "config": asdict(cfg),
+            "status": status, "regime": regime_of_row(row), "analyzed": int(analyzed), "summary": row,
             "history": history, "checkpoint": checkpoint, "created": prov["created"], "provenance": prov}
 
 
 def analysis_row(cfg: Config) -> dict:
-    import interpretability
-    import progress
-
-    summary, _ = interpretability.run(f"{cfg.checkpoint_dir}/model_final.pth", cfg.results_dir, progress=False)
-    replay = progress.run(cfg.checkpoint_dir, cfg.results_dir, progress=False)
+    """The --analyze fields of a run's row: the analysis of its final model and its snapshots' progress
+    measures (nothing written: the numbers go into the database)."""
+    summary = analyze_checkpoint(f"{cfg.checkpoint_dir}/model_final.pth")["summary"]
+    progress = replay(cfg.checkpoint_dir, progress=False)
     if summary["basis"] is None:  # no Fourier analysis (mul or div mod a composite): only what needs none
         return {"basis": None, "circuit_size": summary["circuit_size"], "key_frequencies": []}
     keep = ("key_frequencies", "key_frequency_candidates", "key_frequency_power_fraction", "circuit_size",
             "restricted_loss", "excluded_loss", "train_loss", "test_loss", "logit_variance_explained",
             "neurons_unassigned")
-    row = {k: summary[k] for k in keep} | replay["phases"] | {f"onset_{k}": v for k, v in replay["onsets"].items()}
+    row = {k: summary[k] for k in keep} | progress["training_phases"]
+    row |= {f"onset_{k}": v for k, v in progress["onsets"].items()}
     row["basis"] = summary["basis"]["name"]
     row |= {k: summary["clock_pizza"][k] for k in ("gradient_symmetricity", "distance_irrelevance", "verdict")}
     row["all_pairs_loss"] = summary["losses"]["all"]["loss"]  # what the restricted loss (all pairs) compares with
@@ -193,10 +197,8 @@ def _train_chunk_args(args):
 
 def check_ray_address(address: str | None) -> None:
     """Raise SweepError unless Ray is installed and, for a host:port address, something listens there."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise SweepError("--backend ray needs Ray: pip install -r requirements-cluster.txt") from None
+    if importlib.util.find_spec("ray") is None:
+        raise SweepError("--backend ray needs Ray: pip install -r requirements-cluster.txt")
     if address in (None, "auto", "local"):
         return
     host, sep, port = address.removeprefix("ray://").rpartition(":")

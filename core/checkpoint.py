@@ -7,7 +7,7 @@ Every file is a dict of tensors and plain data, loadable with torch.load(weights
     model       the model's state_dict
     epoch       epochs completed when the file was written
     history     per-evaluation lists: epoch, train/test loss and accuracy, weight norm; with label noise
-                also clean_train_acc, noisy_true_acc and noisy_fit_acc (train.evaluate)
+                also clean_train_acc, noisy_true_acc and noisy_fit_acc (training.evaluate)
     train_idx, test_idx   the split, as indices into dataset.make_table(p, op)
     resumable files only: optimizer (state_dict), rng (torch, batch-order and embedding-noise generator
                 states; files from before --embed-noise lack the last)
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from core.transformer import Transformer
+from core.utils import atomic_write
 from model import ToyMLP
-from transformer import Transformer
-from utils import atomic_write
 
 FORMAT = "grokking-lab-checkpoint-v1"
 MODELS = {"mlp": ToyMLP, "transformer": Transformer}  # config["model"]["arch"] -> class

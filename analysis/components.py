@@ -17,7 +17,8 @@ ablation is its zero ablation).
 """
 import torch
 
-import fourier
+from analysis import fourier
+from analysis.circuit import embedding_with
 
 
 def replace_at(position: int | None, index=None, value: torch.Tensor | None = None):
@@ -65,16 +66,6 @@ def biases(model) -> list[str]:
 def frequency_cases(keys: list[int], basis) -> dict[str, list[int]]:
     cases = {f"frequency {k}": [k] for k in keys}
     return cases | {"non-key frequencies": [k for k in fourier.frequencies(basis.n) if k not in keys]}
-
-
-def embedding_with(model, basis, freqs: list[int], mode: str) -> torch.Tensor:
-    """W_E with the number tokens' component in freqs (in the basis) set to 0 or to its mean over tokens."""
-    W_E = model.W_E.detach().clone()
-    table = basis.table(W_E[:model.p])
-    kept = fourier.remove_frequencies(table, freqs)
-    part = table - kept
-    W_E[basis.tokens] = kept + (0 if mode == "zero" else part.mean(0, keepdim=True))
-    return W_E
 
 
 def component_ablations(model, grid, keys: list[int]) -> list[dict]:
