@@ -75,16 +75,21 @@ def command(run: dict, which: str) -> str:
     return base + flags
 
 
-def snapshot_series(paths, grid, keys: list[int]) -> list[dict]:
-    """Per snapshot: epoch, the embedding's power share per frequency, key share, train/test accuracy."""
+def snapshot_series(paths, grid, keys: list[int], measured: dict | None = None) -> list[dict]:
+    """Per snapshot: epoch, the embedding's power share per frequency, key share, train/test accuracy. The
+    accuracies come from `measured` (progress_measures.json's series, the same grid.score per snapshot) where
+    it has the snapshot's epoch, else they are measured here."""
+    known = {} if measured is None else {e: (tr, te) for e, tr, te in
+                                         zip(measured["epoch"], measured["train_acc"], measured["test_acc"])}
     out = []
     with torch.no_grad():
         for path in paths:
             model, ckpt = load_model(path)
             power = fourier.power_per_frequency(grid.basis.table(token_embedding(model)))
+            train_acc, test_acc = known.get(ckpt["epoch"]) or (grid.score(model, "train")[1],  # chunk by chunk
+                                                               grid.score(model, "test")[1])
             out.append({"epoch": ckpt["epoch"], "share": (power / power.sum()).numpy(),
-                        "key_share": fourier.power_fraction(power, keys),  # accuracies: chunk by chunk over pairs
-                        "train_acc": grid.score(model, "train")[1], "test_acc": grid.score(model, "test")[1]})
+                        "key_share": fourier.power_fraction(power, keys), "train_acc": train_acc, "test_acc": test_acc})
     return sorted(out, key=lambda s: s["epoch"])
 
 
@@ -304,7 +309,9 @@ def sections(run: dict, top: int = 32) -> list[tuple[str, str, object]]:
            f"No Fourier analysis: {grid.no_basis}." if grid.basis is None else None)
     if fig is None:
         try:
-            fig = epoch_slider_figure(snapshot_series(run["snapshots"], grid, run["keys"]), run["keys"], phases)
+            same_run = prog and ckpt and prog.get("run_id") == ckpt.get("run_id")  # its accuracies are this run's
+            series = snapshot_series(run["snapshots"], grid, run["keys"], prog["series"] if same_run else None)
+            fig = epoch_slider_figure(series, run["keys"], phases)
         except CheckpointError as err:
             fig = f"Could not read the snapshots: {err}"
     out.append(("Epoch slider", "Drag the slider: the embedding's spectrum at each training snapshot.", fig))

@@ -6,11 +6,12 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from config import ARCH_DEFAULTS, Config, config_from_args
 from conftest import ROOT, start_training
 from core.checkpoint import load_checkpoint, load_model
-from core.training import load_optimizer_state, make_optimizer, snapshot_epochs, train, train_one_epoch
+from core.training import load_optimizer_state, make_optimizer, show_stop, snapshot_epochs, train, train_one_epoch
 from core.transformer import Transformer
 from dataset import make_data
 from model import ToyMLP
@@ -241,3 +242,19 @@ def test_a_cuda_graph_runs_optimizer_state_resumes_on_a_cpu():
     assert not resumed.param_groups[0]["capturable"]
     train_one_epoch(model, resumed, data, True, 0, None)
     assert all(int(s["step"]) == 2 for s in resumed.state.values())
+
+
+def test_the_bar_counts_to_the_stop_rule_once_the_run_groks():
+    bar = tqdm(total=None, disable=True)
+    show_stop(bar, Config(), None)
+    assert bar.total is None  # not grokked yet: the stop epoch is unknown
+    show_stop(bar, Config(), 390)
+    assert bar.total == 1170 and "3 x 390 = 1170" in bar.desc
+    show_stop(bar, Config(), 500)  # set once, at the grokking epoch
+    assert bar.total == 1170
+    bar = tqdm(total=None, disable=True)
+    show_stop(bar, Config(epochs=1000, stop_after_grok=2.5), 401)
+    assert bar.total == 1000  # --epochs comes first (2.5 x 401 = 1002.5)
+    bar = tqdm(total=10_000, disable=True)
+    show_stop(bar, Config(stop_after_grok=0), 390)
+    assert bar.total == 10_000  # no stop rule: the bar counts to --epochs
