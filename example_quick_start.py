@@ -17,12 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import interpretability
+import plots
 import progress
 import report
 from analysis.progress_measures import describe
-from analysis.summary import findings
+from analysis.summary import analyze_checkpoint, findings
 from config import ARCH_DEFAULTS, ARCH_FLAGS, ARCH_NAMES, Config, validate
-from core.training import train
+from core.checkpoint import load_checkpoint
+from core.training import train, training_curves_job
 
 
 def main(argv=None) -> int:
@@ -45,28 +47,35 @@ def main(argv=None) -> int:
     show = not args.quiet
     print(f"1/3 training {ARCH_NAMES[cfg.arch]} on (a + b) mod {cfg.p}: {cfg.train_frac:.0%} of the pairs, full batch, "
           f"AdamW lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}")
-    t = train(cfg, progress=show)
+    t = train(cfg, progress=show, plot=False)
     if t["grokking_epoch"] is None:
         print(f"the network did not grok within {cfg.epochs} epochs (train acc {t['final_train_acc']:.1%}, "
               f"test acc {t['final_test_acc']:.1%}); try another --seed or a prime p between 50 and 150")
         return 1
     print("2/3 opening the trained network")
     checkpoint = Path(cfg.checkpoint_dir) / "model_final.pth"
-    summary, paths = interpretability.run(checkpoint, cfg.results_dir, progress=show)
-    print("3/3 replaying the snapshots")
-    replay = progress.run(cfg.checkpoint_dir, cfg.results_dir, progress=show)
     results = Path(cfg.results_dir)
+    analysis = analyze_checkpoint(checkpoint, progress=show)
+    interpretability.write_results(analysis, checkpoint, results)
+    # The plots are drawn in a child process while this one replays the snapshots and builds the report.
+    jobs = [training_curves_job(cfg, load_checkpoint(checkpoint)["history"], t),
+            *interpretability.plot_jobs(analysis["model"], analysis["grid"], analysis["result"], results)]
+    drawing = plots.draw_in_background(jobs)
+    print("3/3 replaying the snapshots")
+    replay = progress.run(cfg.checkpoint_dir, cfg.results_dir, progress=show, plot=False)
+    jobs.append(progress.plot_job(replay, cfg.results_dir))
+    plots.draw(jobs[-1:])
+    page = report.build_report(cfg.checkpoint_dir, cfg.results_dir)
+    plots.finish_drawing(drawing)
     print(f"\nWhat happened (in {time.perf_counter() - start:.0f} s):")
     print(f"- The network memorized its {cfg.train_frac:.0%} training pairs by epoch {t['memorization_epoch']} "
           f"(train accuracy >= 99%) while test accuracy stayed near zero.")
     print(f"- It generalized (test accuracy >= 99%) only at epoch {t['grokking_epoch']}, "
           f"{t['grokking_delay']:.0f}x later: grokking. Final test accuracy {t['final_test_acc']:.1%}.")
     print(f"- {describe(replay)}")
-    for line in findings(summary)[1:]:
+    for line in findings(analysis["summary"])[1:]:
         print(f"- {line}")
-    print(f"\nPlots: {results / 'training_curves.png'}, {results / 'progress_measures.png'}, "
-          + ", ".join(str(p) for p in paths))
-    page = report.build_report(cfg.checkpoint_dir, cfg.results_dir)
+    print("\nPlots: " + ", ".join(str(kwargs["path"]) for _, _, kwargs in jobs))
     print(f"Interactive report: {page} (open it in a browser; it works offline)")
     print("Next: python interpretability.py --help, python train.py --help, and the README.")
     return 0

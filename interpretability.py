@@ -31,56 +31,70 @@ def axis_names(basis) -> tuple[str, str]:
     return "a", "b"
 
 
-def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Path]:
+def plot_jobs(model, grid, result: dict, out: Path, top: int = 16) -> list[tuple[str, tuple, dict]]:
+    """Every plot of the analysis as (name of a plots.py function, its arguments, its keyword arguments with
+    the `path` it writes). The model's part (activations over all pairs) is computed here, so drawing
+    (plots.draw) needs only numpy arrays and plain data."""
     r, f, basis = result["ranking"], result["fourier"], grid.basis
-    hidden = grid_activations(model, grid)["hidden_post"]
+    with torch.no_grad():
+        hidden = grid_activations(model, grid)["hidden_post"]
     hidden = hidden if basis is None else basis.grid(hidden)  # heatmaps over the basis's positions
     axes = axis_names(basis)
     neurons = r["causal_order"][:top].tolist()
     labels = [f"neuron {n} (rank {i + 1})" + ("" if basis is None else f"\nfreq {f['neuron_frequency'][n]}, "
               f"{f['neuron_frequency_fraction'][n]:.0%} of var") for i, n in enumerate(neurons)]
-    paths = [out / name for name in ("activation_heatmap.png", "neuron_ranking.png", "ablation_curves.png")]
-    plots.plot_neuron_heatmaps(hidden[..., neurons].permute(2, 0, 1).numpy(), labels, paths[0], axes)
-    plots.plot_neuron_ranking(r["activation_variance"].numpy(), r["mean_ablation_loss_increase"].numpy(),
-                              r["zero_ablation_loss_increase"].numpy(), r["agreement"], paths[1])
-    plots.plot_ablation_curves(result["ablation_curves"], result["circuit_keep_acc"], result["circuit_size"],
-                               result["losses"]["all"]["acc"], paths[2])
+    base = result["losses"]["all"]
+    jobs = [("plot_neuron_heatmaps", (hidden[..., neurons].permute(2, 0, 1).numpy(), labels),
+             {"path": out / "activation_heatmap.png", "axes_names": axes}),
+            ("plot_neuron_ranking", (r["activation_variance"].numpy(), r["mean_ablation_loss_increase"].numpy(),
+                                     r["zero_ablation_loss_increase"].numpy(), r["agreement"]),
+             {"path": out / "neuron_ranking.png"}),
+            ("plot_ablation_curves", (result["ablation_curves"], result["circuit_keep_acc"], result["circuit_size"],
+                                      base["acc"]), {"path": out / "ablation_curves.png"})]
     if basis is not None:
-        paths += [out / name for name in ("fourier_spectrum.png", "neuron_clusters.png", "frequency_ablation.png",
-                                          "activation_overview.png")]
         hidden_power = f["hidden_power_a"] + f["hidden_power_b"]
-        plots.plot_fourier_spectrum(f["frequencies"], f["embed_power"].numpy(), hidden_power.numpy(),
-                                    f["key_frequencies"], fourier.key_threshold(hidden_power), paths[3], basis.name)
-        plots.plot_neuron_clusters(f["neuron_fractions"].numpy(), f["neuron_frequency"], f["neuron_cluster"],
-                                   f["key_frequencies"], paths[4])
-        plots.plot_frequency_ablation(f["frequency_ablation"], result["losses"]["all"], paths[5])
         many = r["causal_order"][:64].tolist()
-        reindexed = [reindex_by_frequency(hidden[..., n], f["neuron_frequency"][n]) for n in many]
-        plots.plot_neuron_overview(torch.stack(reindexed).numpy(), [f"#{i + 1}: n{n}, k={f['neuron_frequency'][n]}"
-                                                                    for i, n in enumerate(many)], paths[6], axes)
-    paths.append(out / "component_ablation.png")
-    plots.plot_component_ablation(result["components"], result["losses"]["all"], paths[-1])
+        reindexed = torch.stack([reindex_by_frequency(hidden[..., n], f["neuron_frequency"][n]) for n in many])
+        jobs += [("plot_fourier_spectrum", (f["frequencies"], f["embed_power"].numpy(), hidden_power.numpy(),
+                                            f["key_frequencies"], fourier.key_threshold(hidden_power)),
+                  {"path": out / "fourier_spectrum.png", "basis_name": basis.name}),
+                 ("plot_neuron_clusters", (f["neuron_fractions"].numpy(), f["neuron_frequency"], f["neuron_cluster"],
+                                           f["key_frequencies"]), {"path": out / "neuron_clusters.png"}),
+                 ("plot_frequency_ablation", (f["frequency_ablation"], base), {"path": out / "frequency_ablation.png"}),
+                 ("plot_neuron_overview", (reindexed.numpy(), [f"#{i + 1}: n{n}, k={f['neuron_frequency'][n]}"
+                                                               for i, n in enumerate(many)]),
+                  {"path": out / "activation_overview.png", "axes_names": axes})]
+    jobs.append(("plot_component_ablation", (result["components"], base), {"path": out / "component_ablation.png"}))
     if "transformer" in result:
         t = result["transformer"]
-        paths.append(out / "attention_patterns.png")
-        plots.plot_attention_patterns(t["attention"].numpy(), t["head_ablations"], paths[-1])
-    return paths
+        jobs.append(("plot_attention_patterns", (t["attention"].numpy(), t["head_ablations"]),
+                     {"path": out / "attention_patterns.png"}))
+    return jobs
+
+
+def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Path]:
+    """Draw every plot of the analysis into `out`; returns their paths."""
+    return plots.draw(plot_jobs(model, grid, result, out, top))
+
+
+def write_results(analysis: dict, checkpoint, out: Path) -> None:
+    """analysis_summary.json and neuron_ranking.json of an analyze_checkpoint result."""
+    write_json(out / "analysis_summary.json", analysis["summary"])
+    write_json(out / "neuron_ranking.json", {"checkpoint": str(checkpoint), "run_id": analysis["run_id"],
+                                             "neurons": neuron_table(analysis["result"])})
 
 
 def run(checkpoint="checkpoints/model_final.pth", results_dir="results", draws: int = 5, progress: bool = True):
     """Analyse a checkpoint and write the JSON files and plots; returns (summary, plot paths)."""
     steps = tqdm(total=3, desc="analysis", disable=not progress)
-    run = analyze_checkpoint(checkpoint, draws, progress)  # raises CheckpointError before anything is written
+    analysis = analyze_checkpoint(checkpoint, draws, progress)  # raises CheckpointError before anything is written
     steps.update()
-    out, summary = Path(results_dir), run["summary"]
-    write_json(out / "analysis_summary.json", summary)
-    write_json(out / "neuron_ranking.json", {"checkpoint": str(checkpoint), "run_id": run["run_id"],
-                                             "neurons": neuron_table(run["result"])})
+    write_results(analysis, checkpoint, Path(results_dir))
     steps.update()
-    paths = write_plots(run["model"], run["grid"], run["result"], out)
+    paths = write_plots(analysis["model"], analysis["grid"], analysis["result"], Path(results_dir))
     steps.update()
     steps.close()
-    return summary, paths
+    return analysis["summary"], paths
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
 """Plot functions: each takes arrays and a path, writes one PNG and closes its figure."""
+import multiprocessing
 import textwrap
 from pathlib import Path
 
@@ -340,3 +341,27 @@ def plot_phase_diagram(data: dict, path, x_label: str, y_label: str, title: str,
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def draw(jobs) -> list[Path]:
+    """Run plot jobs (name of a function of this module, its arguments, its keyword arguments with the `path`
+    it writes); returns the paths."""
+    for name, args, kwargs in jobs:
+        globals()[name](*args, **kwargs)
+    return [kwargs["path"] for _, _, kwargs in jobs]
+
+
+def draw_in_background(jobs):
+    """draw(jobs) in a child process (forked: the jobs' arrays are not copied), so that the caller's next steps
+    overlap with the drawing, which is matplotlib only. Returns the process: finish_drawing(process) before
+    the files are needed."""
+    process = multiprocessing.get_context("fork").Process(target=draw, args=(jobs,))
+    process.start()
+    return process
+
+
+def finish_drawing(process) -> None:
+    """Wait for a draw_in_background process; raise if it failed (its traceback is on stderr)."""
+    process.join()
+    if process.exitcode != 0:
+        raise RuntimeError(f"drawing the plots failed in a child process (exit code {process.exitcode})")

@@ -14,17 +14,23 @@ from pathlib import Path
 from analysis.progress_measures import describe, replay
 from core.checkpoint import CheckpointError
 from core.utils import OutputDirError, check_output_dir, write_json
-from plots import plot_progress_measures
+from plots import draw
 
 
-def run(checkpoint_dir="checkpoints", results_dir="results", progress=True) -> dict:
-    """Replay checkpoint_dir/snapshots (analysis.progress_measures.replay), write the JSON and the plot."""
+def run(checkpoint_dir="checkpoints", results_dir="results", progress=True, plot=True) -> dict:
+    """Replay checkpoint_dir/snapshots (analysis.progress_measures.replay), write the JSON and (with plot) the
+    plot; plot=False leaves the plot to the caller (plot_job)."""
     result = replay(checkpoint_dir, progress)
-    out = Path(results_dir)
-    write_json(out / "progress_measures.json", result)
-    plot_progress_measures(result["series"], result["training_phases"], result["grokking_epoch"], result["key_frequencies"],
-                           out / "progress_measures.png")
+    write_json(Path(results_dir) / "progress_measures.json", result)
+    if plot:
+        draw([plot_job(result, results_dir)])
     return result
+
+
+def plot_job(result: dict, results_dir="results") -> tuple[str, tuple, dict]:
+    """results/progress_measures.png as a plot job (plots.draw)."""
+    return ("plot_progress_measures", (result["series"], result["training_phases"], result["grokking_epoch"],
+                                       result["key_frequencies"]), {"path": Path(results_dir) / "progress_measures.png"})
 
 
 def main(argv=None) -> int:

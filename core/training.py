@@ -22,7 +22,7 @@ from core.checkpoint import CheckpointError, build_model, save_checkpoint
 from core.utils import first_epoch_at, provenance, resolve_device, write_json
 from dataset import SYMBOLS, make_data
 from model import cross_entropy_per_row, sum_squared_weights
-from plots import plot_training_curves
+from plots import draw
 
 EMBED_NOISE_SEED = 0x5EED_0E3B  # XORed into --seed: the embedding noise's stream, apart from the batch order's
 
@@ -238,8 +238,9 @@ def restore(resume: dict, data, model, optimizer, batch_gen, noise_gen) -> tuple
     return resume["history"], resume["epoch"], resume["step_seconds"]
 
 
-def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dict:
-    """Train with `cfg` (or continue the checkpoint `resume`); returns the summary dict."""
+def train(cfg: Config, resume: dict | None = None, progress: bool = True, plot: bool = True) -> dict:
+    """Train with `cfg` (or continue the checkpoint `resume`); returns the summary dict. plot=False leaves
+    results/training_curves.png to the caller (training_curves_job)."""
     device = resolve_device(cfg.device)
     data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed, cfg.label_noise).to(device)
     torch.manual_seed(cfg.seed)
@@ -321,7 +322,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True) -> dic
         record(history, epoch, evaluate(model, data) | {"seconds": wall_seconds})
     save(ckpt_dir / "model_final.pth", epoch)
     return summarize(cfg, history, epoch, stopped, wall_seconds, step_seconds / (epoch * steps_per_epoch), run_id,
-                     int(data.corrupted_train.sum()))
+                     int(data.corrupted_train.sum()), plot)
 
 
 def show_stop(bar, cfg: Config, grokked: int | None) -> None:
@@ -347,7 +348,7 @@ def format_log_line(epoch: int, m: dict) -> str:
 
 
 def summarize(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds: float, step_s: float,
-              run_id: str | None, corrupted_pairs: int = 0) -> dict:
+              run_id: str | None, corrupted_pairs: int = 0, plot: bool = True) -> dict:
     """The run's summary (results/training_summary.json) and its training curves. memorization is
     measured against the labels trained on, grokking on the clean test set; with label noise the
     final train accuracy on the clean pairs and, on the corrupted pairs, against the true and the
@@ -355,11 +356,17 @@ def summarize(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds
     summary = make_summary(cfg, history, epoch, stopped, wall_seconds, step_s, run_id, corrupted_pairs)
     results = Path(cfg.results_dir)
     write_json(results / "training_summary.json", summary)
-    plot_training_curves(history, summary["memorization_epoch"], summary["grokking_epoch"],
-                         results / "training_curves.png",
-                         title=f"{ARCH_NAMES[cfg.arch]} on (a {SYMBOLS[cfg.op]} b) mod {cfg.p}: {cfg.train_frac:.0%} train, "
-                               f"lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, seed {cfg.seed}")
+    if plot:
+        draw([training_curves_job(cfg, history, summary)])
     return summary
+
+
+def training_curves_job(cfg: Config, history: dict, summary: dict) -> tuple[str, tuple, dict]:
+    """results/training_curves.png as a plot job (plots.draw)."""
+    title = (f"{ARCH_NAMES[cfg.arch]} on (a {SYMBOLS[cfg.op]} b) mod {cfg.p}: {cfg.train_frac:.0%} train, "
+             f"lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, seed {cfg.seed}")
+    return ("plot_training_curves", (history, summary["memorization_epoch"], summary["grokking_epoch"]),
+            {"path": Path(cfg.results_dir) / "training_curves.png", "title": title})
 
 
 def make_summary(cfg: Config, history: dict, epoch: int, stopped: str, wall_seconds: float, step_s: float,
