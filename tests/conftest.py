@@ -1,6 +1,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the repo is flat scripts, not a package
 
@@ -17,3 +19,16 @@ def start_training(flags, wait_for: Path, timeout: float = 60):
     while not wait_for.exists() and time.time() < deadline:
         time.sleep(0.05)
     return proc
+
+
+# The fast level (python -m pytest -q -m fast tests): unit tests and known answers on hand-built networks,
+# without the tests that run a script in a child process. The whole suite is the other level (what CI runs).
+FAST_FILES = {"test_checkpoint.py", "test_clock_pizza.py", "test_component_ablation.py", "test_dataset.py",
+              "test_discrete_log.py", "test_fourier_laws.py", "test_interventions.py", "test_known_answers.py",
+              "test_layout.py", "test_model.py", "test_regimes.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in FAST_FILES and not item.get_closest_marker("subprocess"):
+            item.add_marker(pytest.mark.fast)
