@@ -165,7 +165,7 @@ def epoch_slider_figure(snapshots: list[dict], keys: list[int], phases: dict | N
     epochs = [s["epoch"] for s in snapshots]
     fig = make_subplots(1, 2, column_widths=[0.6, 0.4], horizontal_spacing=0.08, subplot_titles=(
         "Embedding W_E: share of Fourier power per frequency",
-        "Over training (dot: the slider's epoch; shaded: the phases)"))
+        "Over training (dot: the slider's epoch; shaded: the training phases)"))
     fig.add_bar(x=freqs, y=_f32(snapshots[-1]["share"]), marker_color=[KEY if k in keys else OTHER for k in freqs],
                 name="power share", hovertemplate="frequency %{x}: %{y:.3g}", row=1, col=1)
     for key, name, color in (("train_acc", "train accuracy", TRAIN), ("test_acc", "test accuracy", TEST),
@@ -302,8 +302,8 @@ def sections(run: dict, top: int = 32) -> list[tuple[str, str, object]]:
     missing = lambda which, what: f"Missing {what}: run `{command(run, which)}`."  # noqa: E731
     no_model = missing("train", "checkpoints") + (f" ({run['notes']['model']})" if "model" in run["notes"] else "")
     phases = prog.get("training_phases") if prog else None
-    out = [("Training curves", "Hover for values; shaded: the phases of progress_measures.json."
-            + ("" if prog else " " + missing("progress", "phases")),
+    out = [("Training curves", "Hover for values; shaded: the training phases of progress_measures.json."
+            + ("" if prog else " " + missing("progress", "training phases")),
             training_figure(ckpt["history"], phases) if ckpt else no_model)]
     fig = (no_model if grid is None else missing("train", "snapshots") if not run["snapshots"] else
            f"No Fourier analysis: {grid.no_basis}." if grid.basis is None else None)
@@ -356,7 +356,7 @@ def findings_html(run: dict) -> str:
         lines.append(f"Memorized (train accuracy >= 99%) at epoch {t['memorization_epoch']}; "
                      f"generalized (test accuracy >= 99%) at epoch {t['grokking_epoch']}; "
                      f"{t['epochs_run']} epochs run.")
-    lines += [describe(prog)] if prog else [f"Missing phases: run `{command(run, 'progress')}`."]
+    lines += [describe(prog)] if prog else [f"Missing training phases: run `{command(run, 'progress')}`."]
     lines += findings(a) if a else [f"Missing analysis: run `{command(run, 'analysis')}`."]
     if a and run["ckpt"] and a.get("run_id") != run["ckpt"].get("run_id"):
         lines.append(f"Warning: analysis_summary.json is of run {a.get('run_id')}, the checkpoint of run "

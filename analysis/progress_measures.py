@@ -139,7 +139,7 @@ def describe(result: dict) -> str:
     if not ph["generalized"]:
         return (f"Memorization 0-{memorized}. The run did not generalize (test accuracy never reached 99%), "
                 "so no circuit-formation or clean-up phase is named.")
-    lines = [f"Phases: memorization 0-{memorized}, circuit formation {memorized}-{start if start is not None else end}"
+    lines = [f"Training phases: memorization 0-{memorized}, circuit formation {memorized}-{start if start is not None else end}"
              + (f", clean-up {start}-{stop if stop is not None else end}" if start is not None else
                 " (no key frequencies, so the clean-up rule, which reads the restricted loss, does not apply)"
                 if not result["key_frequencies"] else

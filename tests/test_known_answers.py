@@ -425,7 +425,7 @@ def test_progress_replay_of_hand_built_snapshots(tmp_path, capsys):
     halved = next(e for e, s in scales.items() if e > 10 and direct_cross_entropy(s * built[grid.rows], grid.y)
                   <= restricted_at_10 / 2)
     assert result["onsets"]["restricted_loss"] == halved
-    assert "Phases: memorization 0-10" in capsys.readouterr().out
+    assert "Training phases: memorization 0-10" in capsys.readouterr().out
     assert (tmp_path / "r/progress_measures.png").stat().st_size > 10_000
 
 

@@ -132,7 +132,7 @@ def test_quick_start_runs_end_to_end_and_groks(tmp_path):
     again = subprocess.run([sys.executable, "interpretability.py", "--progress", "--quiet", "--checkpoint",
                             str(ckpt / "model_final.pth"), "--results-dir", str(tmp_path / "r2")],
                            cwd=ROOT, capture_output=True, text=True)
-    assert again.returncode == 0 and "Phases: memorization" in again.stdout
+    assert again.returncode == 0 and "Training phases: memorization" in again.stdout
     assert f"Interactive report: {res / 'report.html'}" in out.stdout
     assert (res / "report.html").stat().st_size > 1_000_000  # plotly.js is inside the page
 
@@ -167,7 +167,7 @@ def test_without_key_frequencies_the_clean_up_rule_does_not_apply():
     phases = {"memorization_end": 20, "generalized": True, "cleanup_start": None, "cleanup_end": None}
     text = describe({"training_phases": phases, "series": series, "onsets": dict.fromkeys(ONSETS), "grokking_epoch": 90,
                      "key_frequencies": []})
-    assert text == ("Phases: memorization 0-20, circuit formation 20-140 (no key frequencies, so the clean-up rule, "
+    assert text == ("Training phases: memorization 0-20, circuit formation 20-140 (no key frequencies, so the clean-up rule, "
                     "which reads the restricted loss, does not apply); grokked (test acc >= 99%) at epoch 90.")
 
 
@@ -178,13 +178,13 @@ def test_without_key_frequencies_the_clean_up_rule_does_not_apply():
      "Memorization 0-20. The run did not generalize (test accuracy never reached 99%), "
      "so no circuit-formation or clean-up phase is named."),
     ({"memorization_end": 20, "generalized": True, "cleanup_start": None, "cleanup_end": None},
-     "Phases: memorization 0-20, circuit formation 20-140 (no clean-up: the restricted loss never halved "
+     "Training phases: memorization 0-20, circuit formation 20-140 (no clean-up: the restricted loss never halved "
      "while the weight norm fell); grokked (test acc >= 99%) at epoch 90."),
     ({"memorization_end": 20, "generalized": True, "cleanup_start": 70, "cleanup_end": None},
-     "Phases: memorization 0-20, circuit formation 20-70, clean-up 70-140 (the weight norm was still falling "
+     "Training phases: memorization 0-20, circuit formation 20-70, clean-up 70-140 (the weight norm was still falling "
      "at the end); grokked (test acc >= 99%) at epoch 90."),
     ({"memorization_end": 20, "generalized": True, "cleanup_start": 70, "cleanup_end": 110},
-     "Phases: memorization 0-20, circuit formation 20-70, clean-up 70-110; grokked (test acc >= 99%) at epoch 90.\n"
+     "Training phases: memorization 0-20, circuit formation 20-70, clean-up 70-110; grokked (test acc >= 99%) at epoch 90.\n"
      "First moves after memorization (a factor 2 from the extreme since then): fourier gini at 50, "
      "excluded loss at 60, restricted loss at 60, test loss at 60."),
 ])
