@@ -353,8 +353,11 @@ def draw(jobs) -> list[Path]:
 
 def draw_in_background(jobs):
     """draw(jobs) in a child process (forked: the jobs' arrays are not copied), so that the caller's next steps
-    overlap with the drawing, which is matplotlib only. Returns the process: finish_drawing(process) before
-    the files are needed."""
+    overlap with the drawing, which is matplotlib only. Returns the process (None where the platform cannot
+    fork, as on Windows: then it has drawn them already); finish_drawing(process) before the files are needed."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        draw(jobs)
+        return None
     process = multiprocessing.get_context("fork").Process(target=draw, args=(jobs,))
     process.start()
     return process
@@ -362,6 +365,8 @@ def draw_in_background(jobs):
 
 def finish_drawing(process) -> None:
     """Wait for a draw_in_background process; raise if it failed (its traceback is on stderr)."""
+    if process is None:
+        return
     process.join()
     if process.exitcode != 0:
         raise RuntimeError(f"drawing the plots failed in a child process (exit code {process.exitcode})")
