@@ -16,6 +16,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 import interpretability
 import plots
 import progress
@@ -61,12 +63,15 @@ def main(argv=None) -> int:
     jobs = [training_curves_job(cfg, load_checkpoint(checkpoint)["history"], t),
             *interpretability.plot_jobs(analysis["model"], analysis["grid"], analysis["result"], results)]
     drawing = plots.draw_in_background(jobs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core for the drawing, one for this: two threads here would fight it for a core
     print("3/3 replaying the snapshots")
     replay = progress.run(cfg.checkpoint_dir, cfg.results_dir, progress=show, plot=False)
     jobs.append(progress.plot_job(replay, cfg.results_dir))
     plots.draw(jobs[-1:])
     page = report.build_report(cfg.checkpoint_dir, cfg.results_dir)
     plots.finish_drawing(drawing)
+    torch.set_num_threads(threads)
     print(f"\nWhat happened (in {time.perf_counter() - start:.0f} s):")
     print(f"- The network memorized its {cfg.train_frac:.0%} training pairs by epoch {t['memorization_epoch']} "
           f"(train accuracy >= 99%) while test accuracy stayed near zero.")
