@@ -17,9 +17,9 @@ import interpretability
 from analysis import fourier
 from analysis.circuit import Grid, fourier_analysis, frequency_ablation, hidden_input_power, key_frequency_losses
 from analysis.neurons import ablation_curves, circuit_size, rank_neurons, ranking_agreement, reindex_by_frequency
-from analysis.progress_measures import progress_measures
+from analysis.progress_measures import progress_measures, replay
 from analysis.summary import analyze, findings, structure
-from core.checkpoint import save_checkpoint
+from core.checkpoint import CheckpointError, save_checkpoint
 from dataset import make_data
 from handbuilt import annotated_model, direct_cross_entropy, handbuilt_model, with_constant_neurons
 from model import ToyMLP
@@ -405,6 +405,10 @@ def test_progress_replay_of_hand_built_snapshots(tmp_path, capsys):
     series = result["series"]
     assert result["key_frequencies"] == KEYS and result["run_id"] == "r1" and result["grokking_epoch"] == 30
     assert series["epoch"] == [0, 10, 20, 40]
+    backwards = progress_measures(sorted((tmp_path / "c/snapshots").glob("*.pth"), reverse=True), KEYS, progress=False)
+    assert backwards["epoch"] == [0, 10, 20, 40] and backwards["train_loss"] == pytest.approx(series["train_loss"])
+    with pytest.raises(CheckpointError, match="model_final.pth is a file: pass the folder that holds model_final"):
+        replay(tmp_path / "c/model_final.pth", progress=False)
     built = built_logits(P, KEYS, 1.0, parts["bias"])
     train, test = grid.split["train"], grid.split["test"]
     for i, s in enumerate(scales.values()):
@@ -527,6 +531,7 @@ def test_notebook_defaults_match_the_command_line(tmp_path, monkeypatch):
     summary, _ = interpretability.run(progress=False)
     assert summary["checkpoint"] == "checkpoints/model_final.pth" and (tmp_path / "results/analysis_summary.json").is_file()
     assert progress.run(progress=False)["checkpoint_dir"] == "checkpoints"
+    assert replay(progress=False)["checkpoint_dir"] == "checkpoints"
     assert (tmp_path / "results/progress_measures.json").is_file()
 
 

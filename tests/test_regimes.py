@@ -166,3 +166,36 @@ def record(cfg, **summary) -> dict:
     return {"config_hash": database.config_hash(cfg), "config_key": database.config_key(cfg), "config": vars(cfg),
             "status": "done", "regime": regime_of_row(row), "analyzed": 0, "summary": row, "history": None,
             "checkpoint": None, "created": "2026-01-01T00:00:00+00:00", "provenance": {"command": "test"}}
+
+
+def test_numbers_sort_by_value_and_names_after_them_on_both_axes():
+    rows = [{"x": x, "y": y, "regime": "grokking"} for x, y in [(10, 1), (9, "a"), ("b", 1), (9, 1)]]
+    data = regime_cells(rows, "x", "y")
+    assert data["x"] == [9, 10, "b"] and data["y"] == [1, "a"]  # 9 before 10: by value, not as text
+
+
+def test_the_refusal_names_every_setting_that_varies():
+    rows = hand_rows() + [{"train_frac": 0.2, "weight_decay": 1.0, "seed": 9, "lr": 0.01, "op": "sub",
+                           "regime": "grokking"}]
+    with pytest.raises(ValueError, match=r"the runs also differ in op, lr \(e.g. op = None, sub\)"):
+        regime_cells(rows, "train_frac", "weight_decay")
+
+
+@pytest.mark.parametrize("rows, x, title", [
+    (seeded_rows([2, 3, 4, 5]), "train_frac", "Run regimes of ToyMLP on (a + b) mod 113 over train_frac × weight_decay, "
+                                              "4 seeds per cell (2-5)"),
+    (seeded_rows([0, 2, 4, 6, 8, 10, 12, 14]), "train_frac", "Run regimes of ToyMLP on (a + b) mod 113 over "
+                                                             "train_frac × weight_decay, 8 seeds per cell "
+                                                             "(0, 2, 4, 6, 8, 10, 12, 14)"),
+    (seeded_rows([0], arch="lstm", op="pow"), "train_frac", "Run regimes of runs on (a pow b) mod 113 over "
+                                                            "train_frac × weight_decay, 1 seeds per cell (0)"),
+    (seeded_rows([0]), "p", "Run regimes of ToyMLP over p × weight_decay, 1 seeds per cell (0)"),
+])
+def test_diagram_titles_of_unusual_grids(rows, x, title):
+    assert regimes.diagram_title(rows, x, "weight_decay") == title
+
+
+def test_drawing_from_a_missing_database_creates_none(tmp_path):
+    with pytest.raises(database.SweepDBError, match="no sweep database at"):
+        draw_phase_diagram(tmp_path / "missing.sqlite", "train_frac", "weight_decay", path=tmp_path / "d.png")
+    assert not (tmp_path / "missing.sqlite").exists() and not (tmp_path / "d.png").exists()
