@@ -12,6 +12,7 @@ import torch
 import interpretability
 from analysis import attention
 from analysis.circuit import Grid
+from analysis.components import activation_mean, component_ablations, replace_at
 from analysis.summary import analyze, findings
 from config import Config
 from conftest import ROOT
@@ -73,6 +74,29 @@ def test_mean_ablating_a_head_removes_its_operand():
         # so at most one answer per fixed b (or a) is right: accuracy <= 1/p
         assert a["acc"] <= 1 / P + 1e-9
         assert a["loss"] > 1.0
+
+
+def test_head_ablations_equal_the_component_table_and_each_head_its_own():
+    """On a perturbed model (heads mix, and their mean output at '=' is not 0) each head's mean ablation equals
+    the component table's 'head h' row, and differs from zero-ablating it and from ablating every head."""
+    model, _ = fourier_transformer(P, KEYS)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for w in model.parameters():
+            w += 0.05 * w.abs().max() * torch.randn(w.shape, generator=gen)
+    grid = grid_for()
+    heads = attention.head_ablations(model, grid)
+    table = {row["component"]: row for row in component_ablations(model, grid, KEYS)}
+    for h, row in enumerate(heads):
+        assert row["head"] == h
+        assert row["loss"] == pytest.approx(table[f"head {h}"]["mean_loss"], rel=1e-6)
+        assert row["acc"] == table[f"head {h}"]["mean_acc"]
+        assert abs(row["loss"] - table[f"head {h}"]["zero_loss"]) > 1e-3
+    both = {"attn.hook_z": replace_at(2, None, activation_mean(model, grid, "attn.hook_z"))}
+    with torch.no_grad():
+        all_heads = grid.score(lambda pairs: model.run_with_hooks(grid.a[pairs], grid.b[pairs], both))[0]
+    assert all(abs(row["loss"] - all_heads) > 1e-3 for row in heads)
+    assert abs(heads[0]["loss"] - heads[1]["loss"]) > 1e-6
 
 
 def test_the_residual_stream_at_eq_is_all_key_frequency():
