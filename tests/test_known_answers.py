@@ -642,3 +642,23 @@ def test_operand_power_is_each_operands_token_table_spectrum():
     torch.testing.assert_close(power_a, fourier.power_per_frequency(table_a), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(power_b, fourier.power_per_frequency(table_b), rtol=1e-4, atol=1e-6)
     assert not torch.allclose(power_a, power_b, rtol=1e-2)
+
+
+def test_progress_measures_without_a_basis_and_a_folder_that_mixes_runs(tmp_path):
+    """mul mod 12 has no Fourier basis: the measures that need one are None, the rest are measured. A snapshot
+    of another run in the folder is refused by replay."""
+    model = ToyMLP(12, 8, 16)
+    data = make_data(12, "mul", 0.5, 0)
+    common = {"config": {"p": 12, "op": "mul", "model": model.config()}, "run_id": "r12",
+              "history": {"epoch": [0, 5], "train_acc": [0.1, 0.2], "test_acc": [0.0, 0.1]},
+              "train_idx": data.train_idx, "test_idx": data.test_idx}
+    for epoch in (0, 5):
+        save_checkpoint(tmp_path / f"c/snapshots/epoch_{epoch:05d}.pth", model=model.state_dict(), epoch=epoch, **common)
+    save_checkpoint(tmp_path / "c/model_final.pth", model=model.state_dict(), epoch=5, **common)
+    series = replay(tmp_path / "c", progress=False)["series"]
+    assert series["epoch"] == [0, 5] and series["restricted_loss"] == series["excluded_loss"] == [None, None]
+    assert series["fourier_gini"] == [None, None] and all(v > 0 for v in series["train_loss"] + series["weight_norm"])
+    save_checkpoint(tmp_path / "c/snapshots/epoch_00009.pth", model=model.state_dict(), epoch=9,
+                    **(common | {"run_id": "another"}))
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        replay(tmp_path / "c", progress=False)

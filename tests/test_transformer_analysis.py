@@ -163,3 +163,13 @@ def test_analysis_and_progress_commands_run_on_a_transformer_checkpoint(tmp_path
     assert replay.returncode == 0, replay.stderr
     measures = json.loads((res / "progress_measures.json").read_text())
     assert len(measures["series"]["epoch"]) == len(list((ckpt / "snapshots").glob("*.pth")))
+
+
+def test_the_transformer_part_of_the_analysis_holds_its_three_measures():
+    model, _ = fourier_transformer(P, KEYS)
+    grid = grid_for()
+    out = attention.analyze(model, grid, KEYS)
+    assert sorted(out) == ["attention", "head_ablations", "residual_key_directions"]
+    assert out["residual_key_directions"] == attention.residual_key_directions(model, grid, KEYS)
+    assert out["head_ablations"] == attention.head_ablations(model, grid)
+    torch.testing.assert_close(out["attention"], attention.attention_patterns(model, grid))
