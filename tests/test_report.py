@@ -62,6 +62,31 @@ def test_the_page_is_one_offline_file_with_every_part(page_path):
     assert page_path.stat().st_size <= MAX_BYTES
 
 
+def test_the_slider_takes_the_replayed_accuracies_of_the_same_run_only(run):
+    """progress_measures.json's per-snapshot accuracies (the same grid.score) stand in for a second replay,
+    snapshot by snapshot."""
+    loaded = report.load_run(*run)
+    measured = loaded["progress_measures"]["series"]
+    fresh = report.snapshot_series(loaded["snapshots"], loaded["grid"], loaded["keys"])
+    reused = report.snapshot_series(loaded["snapshots"], loaded["grid"], loaded["keys"], measured)
+    assert [s["epoch"] for s in reused] == [s["epoch"] for s in fresh] == measured["epoch"]
+    for a, b in zip(fresh, reused):
+        assert (a["train_acc"], a["test_acc"]) == (b["train_acc"], b["test_acc"]) and a["key_share"] == b["key_share"]
+    swapped = measured | {"train_acc": measured["test_acc"], "test_acc": measured["train_acc"]}
+    assert report.snapshot_series(loaded["snapshots"], loaded["grid"], loaded["keys"], swapped)[-1]["train_acc"] \
+        == measured["test_acc"][-1]  # the accuracies are taken from the series as given
+
+
+def test_the_page_passes_the_series_on_only_for_the_same_run(run, monkeypatch):
+    passed = []
+    monkeypatch.setattr(report, "snapshot_series", lambda paths, grid, keys, measured=None: passed.append(measured) or [])
+    monkeypatch.setattr(report, "epoch_slider_figure", lambda *args: "figure")
+    loaded = report.load_run(*run)
+    report.sections(loaded)
+    report.sections(loaded | {"progress_measures": loaded["progress_measures"] | {"run_id": "another"}})
+    assert passed == [loaded["progress_measures"]["series"], None]
+
+
 def test_missing_analysis_still_writes_the_page_and_names_the_commands(run, tmp_path):
     ckpt, _ = run
     assert report.main(["--checkpoint-dir", str(ckpt), "--results-dir", str(tmp_path)]) == 0
