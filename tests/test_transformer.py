@@ -175,11 +175,14 @@ def test_neuron_readout_maps_hidden_post_to_the_logits():
     torch.testing.assert_close(bumped - cache["logits"], R[4].expand(121, -1), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs", [dict(d_model=10, n_heads=4), dict(d_model=0), dict(n_heads=0),
-                                    dict(d_mlp=0), dict(d_model=-4, n_heads=2)])
-def test_bad_widths_raise_value_error(kwargs):
-    with pytest.raises(ValueError, match="d_model|n_heads|d_mlp"):
-        Transformer(11, **kwargs)
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(d_model=10, n_heads=4), r"^n_heads \(4\) must divide d_model \(10\)$"),
+    (dict(d_model=0), "^d_model must be at least 1, got 0$"), (dict(n_heads=0), "^n_heads must be at least 1, got 0$"),
+    (dict(d_mlp=0), "^d_mlp must be at least 1, got 0$"), (dict(d_model=-4, n_heads=2), "^d_model must be at least 1"),
+    (dict(p=0), "^p must be at least 1, got 0$")])
+def test_bad_widths_raise_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Transformer(**({"p": 11} | kwargs))
 
 
 def test_num_params_counted_from_the_shapes():
