@@ -25,7 +25,6 @@ import report
 from analysis.progress_measures import describe
 from analysis.summary import analyze_checkpoint, findings
 from config import ARCH_DEFAULTS, ARCH_FLAGS, ARCH_NAMES, Config, validate
-from core.checkpoint import load_checkpoint
 from core.training import train, training_curves_job
 
 
@@ -60,7 +59,7 @@ def main(argv=None) -> int:
     analysis = analyze_checkpoint(checkpoint, progress=show)
     interpretability.write_results(analysis, checkpoint, results)
     # The plots are drawn in a child process while this one replays the snapshots and builds the report.
-    jobs = [training_curves_job(cfg, load_checkpoint(checkpoint)["history"], t),
+    jobs = [training_curves_job(cfg, analysis["checkpoint"]["history"], t),
             *interpretability.plot_jobs(analysis["model"], analysis["grid"], analysis["result"], results)]
     drawing = plots.draw_in_background(jobs)
     threads = torch.get_num_threads()

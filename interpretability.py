@@ -80,7 +80,7 @@ def write_plots(model, grid, result: dict, out: Path, top: int = 16) -> list[Pat
 def write_results(analysis: dict, checkpoint, out: Path) -> None:
     """analysis_summary.json and neuron_ranking.json of an analyze_checkpoint result."""
     write_json(out / "analysis_summary.json", analysis["summary"])
-    write_json(out / "neuron_ranking.json", {"checkpoint": str(checkpoint), "run_id": analysis["run_id"],
+    write_json(out / "neuron_ranking.json", {"checkpoint": str(checkpoint), "run_id": analysis["summary"]["run_id"],
                                              "neurons": neuron_table(analysis["result"])})
 
 

@@ -209,11 +209,11 @@ def check_analysis_memory(model) -> None:
 
 def analyze_checkpoint(checkpoint="checkpoints/model_final.pth", draws: int = 5, progress: bool = False) -> dict:
     """Load a checkpoint, check the analysis fits in memory, analyse it; returns {"model", "grid", "result",
-    "summary"} (interpretability.py writes the JSON files and plots from these)."""
+    "summary", "checkpoint" (the loaded file)} (interpretability.py writes the JSON files and plots from these)."""
     model, ckpt = load_model(checkpoint)  # raises CheckpointError before anything is written
     cfg = ckpt["config"]
     check_analysis_memory(model)
     grid = Grid(cfg["p"], cfg["op"], ckpt["train_idx"], ckpt["test_idx"])
     result = analyze(model, grid, draws, progress=progress)
     summary = summarize(result, str(checkpoint), cfg, ckpt.get("run_id"))
-    return {"model": model, "grid": grid, "result": result, "summary": summary, "run_id": ckpt.get("run_id")}
+    return {"model": model, "grid": grid, "result": result, "summary": summary, "checkpoint": ckpt}
