@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from core.checkpoint import CheckpointError, build_model, load_checkpoint
+from core.optim import GRAD_FILTERS, LOSSES, OPTIMIZERS
 from core.utils import available_bytes, resolve_device
 from dataset import OPS, check_args, table_size, train_size
 from model import ACTIVATIONS, activation_function
@@ -51,6 +52,20 @@ class Config:
     stop_after_grok: float = _f(3.0, "stop at this multiple of the grokking epoch, so the clean-up phase "
                                      "is seen; 0 = always run all --epochs", "optimisation")
     seed: int = _f(0, "seed of the model's initialisation, batch order and embedding noise", "optimisation")
+    # accelerators: published ways to grok sooner (core/optim.py), each off by default
+    optimizer: str = _f("adamw", "adamw, or muon: Muon on the weight matrices (lr and weight decay scaled to match "
+                                 "AdamW's), AdamW on the embeddings and biases", "accelerators")
+    grad_filter: str = _f("none", "Grokfast: none, ema or ma (add --filter-lamb x the gradient's exponential or "
+                                  "moving average)", "accelerators")
+    filter_alpha: float = _f(0.98, "Grokfast-EMA's decay, in [0, 1)", "accelerators")
+    filter_lamb: float = _f(2.0, "Grokfast's amplification of the slow gradient, >= 0", "accelerators")
+    filter_window: int = _f(100, "Grokfast-MA's window in steps, >= 1", "accelerators")
+    orthograd: bool = _f(False, "⊥Grad: remove the gradient's component along the weights (norm kept)",
+                         "accelerators")
+    loss: str = _f("cross_entropy", "training loss: cross_entropy, or stablemax (StableMax cross-entropy); "
+                                    "evaluations report softmax cross-entropy either way", "accelerators")
+    weight_norm: float = _f(0.0, "Omnigrok: after each step rescale the weights to this multiple of their norm at "
+                                 "initialization (> 0); 0 = off", "accelerators")
     # noise robustness: does the network still grok, and what becomes of the corrupted pairs?
     label_noise: float = _f(0.0, "share of the training labels replaced by a random wrong label, in [0, 1); "
                                  "seeded by --data-seed, the same for every --seed; test labels stay clean", "noise")
@@ -94,6 +109,10 @@ def validate(cfg: Config) -> None:
     if cfg.loss_dtype not in LOSS_DTYPES:
         raise ValueError(f"unknown --loss-dtype {cfg.loss_dtype!r}: choose one of {', '.join(LOSS_DTYPES)}")
     activation_function(cfg.activation)  # raises ValueError naming the choices
+    for name, choices in (("optimizer", OPTIMIZERS), ("grad_filter", GRAD_FILTERS), ("loss", LOSSES)):
+        if getattr(cfg, name) not in choices:
+            raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(cfg, name)!r}: choose one of "
+                             f"{', '.join(choices)}")
     checks = [
         (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}"),
         (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
@@ -105,6 +124,11 @@ def validate(cfg: Config) -> None:
         (cfg.stop_after_grok >= 0, f"--stop-after-grok must be >= 0, got {cfg.stop_after_grok}"),
         (0 <= cfg.label_noise < 1, f"--label-noise must lie in [0, 1), got {cfg.label_noise}"),
         (cfg.embed_noise >= 0 and math.isfinite(cfg.embed_noise), f"--embed-noise must be >= 0, got {cfg.embed_noise}"),
+        (0 <= cfg.filter_alpha < 1, f"--filter-alpha must lie in [0, 1), got {cfg.filter_alpha}"),
+        (cfg.filter_lamb >= 0 and math.isfinite(cfg.filter_lamb), f"--filter-lamb must be >= 0, got {cfg.filter_lamb}"),
+        (cfg.filter_window >= 1, f"--filter-window must be >= 1, got {cfg.filter_window}"),
+        (cfg.weight_norm >= 0 and math.isfinite(cfg.weight_norm),
+         f"--weight-norm must be > 0 (or 0 = off), got {cfg.weight_norm}"),
     ]
     for name in ("epochs", "eval_every", "checkpoint_every", "snapshot_every"):
         checks.append((getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be >= 1"))
@@ -167,9 +191,21 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         if f.name == "arch":
             help += "; with --arch transformer the defaults become " + ", ".join(
                 f"--{k.replace('_', '-')} {v}" for k, v in ARCH_DEFAULTS["transformer"].items())
-        group.add_argument(f"--{f.name.replace('_', '-')}", type=f.type,
-                           default=argparse.SUPPRESS if suppress_defaults else f.default, help=help)
+        default = argparse.SUPPRESS if suppress_defaults else f.default
+        if f.type is bool:  # a switch: --orthograd
+            group.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", default=default, help=help)
+        else:
+            group.add_argument(f"--{f.name.replace('_', '-')}", type=f.type, default=default, help=help)
     return parser
+
+
+def parse_bool(text: str) -> bool:
+    """'true'/'1'/'yes'/'on' or 'false'/'0'/'no'/'off' (any case) as a bool; ValueError otherwise."""
+    value = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False,
+             "off": False}.get(text.lower())
+    if value is None:
+        raise ValueError(text)
+    return value
 
 
 def config_from_args(argv) -> tuple[Config, dict | None, argparse.Namespace]:
@@ -178,6 +214,8 @@ def config_from_args(argv) -> tuple[Config, dict | None, argparse.Namespace]:
     explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
     names = {f.name for f in fields(Config)}
     given = {k: v for k, v in explicit.items() if k in names}
+    if given.get("weight_norm", 1) <= 0:
+        raise ValueError(f"--weight-norm must be > 0, got {given['weight_norm']} (leave it out for no constraint)")
     if args.resume:
         resume = load_checkpoint(args.resume)
         if "optimizer" not in resume:
@@ -225,7 +263,7 @@ def parse_sets(items, allow=()) -> dict[str, list]:
             if not value.strip():
                 raise ValueError(f"{item!r} has an empty value: write {name}=V1,V2,...")
             try:
-                parsed.append(types[name](value.strip()))
+                parsed.append((parse_bool if types[name] is bool else types[name])(value.strip()))
             except ValueError:
                 raise ValueError(f"{name} takes {types[name].__name__} values, got {value.strip()!r}") from None
         grid[name] = list(dict.fromkeys(parsed))

@@ -14,11 +14,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import ARCH_NAMES, LOSS_DTYPES, Config, model_config
 from core.checkpoint import CheckpointError, build_model, save_checkpoint
+from core.optim import Method, MethodsOptimizer, training_loss
 from core.utils import first_epoch_at, provenance, resolve_device, write_json
 from dataset import SYMBOLS, make_data
 from model import cross_entropy_per_row, sum_squared_weights
@@ -112,15 +112,17 @@ def draw_embed_noise(model, n: int, scale: float, generator: torch.Generator, de
 
 
 def train_one_epoch(model, optimizer, data, full_batch, batch_size, generator, loss_dtype=torch.float32,
-                    embed_noise: float = 0.0, noise_generator: torch.Generator | None = None) -> float:
-    """One pass over the training split; returns the mean loss of its steps. The loss (log-softmax
-    and its gradient) is computed in loss_dtype; the model itself runs in float32. With embed_noise
-    > 0 every step adds fresh N(0, embed_noise^2) noise (from noise_generator) to the embeddings."""
+                    embed_noise: float = 0.0, noise_generator: torch.Generator | None = None,
+                    loss_kind: str = "cross_entropy") -> float:
+    """One pass over the training split; returns the mean loss of its steps. The loss (cross_entropy or
+    stablemax: core.optim.training_loss, and its gradient) is computed in loss_dtype; the model itself runs in
+    float32. With embed_noise > 0 every step adds fresh N(0, embed_noise^2) noise (from noise_generator) to the
+    embeddings."""
     batches = [data.subset("train")] if full_batch else data.train_batches(batch_size, generator)
     losses = []
     for a, b, y in batches:
         noise = draw_embed_noise(model, len(a), embed_noise, noise_generator, a.device) if embed_noise else None
-        loss = F.cross_entropy(model(a, b, noise).to(loss_dtype), y)
+        loss = training_loss(model(a, b, noise).to(loss_dtype), y, loss_kind)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
@@ -151,9 +153,13 @@ class _DeferredInterrupt:
         signal.signal(signal.SIGINT, self.previous)
 
 
-def make_optimizer(model, cfg: Config, capturable: bool = False) -> torch.optim.AdamW:
+def make_optimizer(model, cfg: Config, capturable: bool = False) -> torch.optim.Optimizer:
     """AdamW with the run's settings; capturable (CUDA only): its step count lives on the GPU, so a CUDA
-    graph can replay its update (CapturedStep)."""
+    graph can replay its update (CapturedStep). With any accelerator on (--optimizer muon, --grad-filter, ...),
+    core.optim's MethodsOptimizer instead (never capturable)."""
+    method = Method.of(cfg)
+    if not method.plain_adamw:
+        return MethodsOptimizer(model, method)
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                              betas=(cfg.beta1, cfg.beta2), capturable=capturable)
 
@@ -180,13 +186,13 @@ class CapturedStep:
     the update, unlike the eager loop: the run stops either way and nothing later is saved)."""
     WARMUP = 3
 
-    def __init__(self, model, optimizer, data, loss_dtype):
-        self.model, self.optimizer, self.loss_dtype = model, optimizer, loss_dtype
+    def __init__(self, model, optimizer, data, loss_dtype, loss_kind="cross_entropy"):
+        self.model, self.optimizer, self.loss_dtype, self.loss_kind = model, optimizer, loss_dtype, loss_kind
         self.a, self.b, self.y = data.subset("train")
         self.graph, self.loss, self.eager_steps = None, None, 0
 
     def _step(self) -> torch.Tensor:
-        loss = F.cross_entropy(self.model(self.a, self.b).to(self.loss_dtype), self.y)
+        loss = training_loss(self.model(self.a, self.b).to(self.loss_dtype), self.y, self.loss_kind)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -219,9 +225,9 @@ def epoch_runner(model, optimizer, data, cfg: Config, full_batch: bool, batch_ge
     it so on CUDA with full batches and no embedding noise), else train_one_epoch with the run's settings."""
     loss_dtype = LOSS_DTYPES[cfg.loss_dtype]
     if optimizer.param_groups[0]["capturable"]:
-        return CapturedStep(model, optimizer, data, loss_dtype)
+        return CapturedStep(model, optimizer, data, loss_dtype, cfg.loss)
     return lambda: train_one_epoch(model, optimizer, data, full_batch, cfg.batch_size, batch_gen, loss_dtype,
-                                   cfg.embed_noise, noise_gen)
+                                   cfg.embed_noise, noise_gen, cfg.loss)
 
 
 def restore(resume: dict, data, model, optimizer, batch_gen, noise_gen) -> tuple[dict, int, float]:
@@ -246,7 +252,8 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True, plot: 
     torch.manual_seed(cfg.seed)
     model = build_model(model_config(cfg)).to(device)
     full_batch = cfg.batch_size == 0 or cfg.batch_size >= len(data.train_idx)
-    graphed = device.type == "cuda" and full_batch and not cfg.embed_noise  # CapturedStep's conditions
+    # CapturedStep's conditions
+    graphed = device.type == "cuda" and full_batch and not cfg.embed_noise and Method.of(cfg).plain_adamw
     optimizer = make_optimizer(model, cfg, capturable=graphed)
     batch_gen = torch.Generator().manual_seed(cfg.seed)  # batch order only (minibatch mode)
     noise_gen = torch.Generator().manual_seed(cfg.seed ^ EMBED_NOISE_SEED)  # embedding noise only

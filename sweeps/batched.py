@@ -19,18 +19,17 @@ go through training.train one at a time (sweep.py does that). No snapshots or re
 an interrupted chunk is trained again; model_final.pth per model on request.
 """
 import copy
-import math
 import time
 import uuid
 from dataclasses import asdict
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from config import LOSS_DTYPES, Config, model_config, step_bytes
 from core.checkpoint import build_model, save_checkpoint
+from core.optim import Method, model_norms, new_state, per_row_loss, update_
 from core.training import EMBED_NOISE_SEED, eval_rows, make_summary, new_history, reached_stop_rule, record, score_pairs
 from core.utils import ACCURACY_BAR, resolve_device
 from dataset import make_data, table_size, train_size
@@ -38,16 +37,12 @@ from model import squared_norm
 
 # Settings every model of one batch shares; the others may differ per model.
 BATCH_KEY = ("arch", "p", "op", "d_embed", "d_hidden", "activation", "d_model", "n_heads", "d_mlp", "loss_dtype",
-             "batch_size", "eval_every", "device")
+             "loss", "optimizer", "grad_filter", "filter_window", "batch_size", "eval_every", "device")
 EVAL_BYTES = 2**30  # evaluation logits per chunk of pairs, all models together (train.py's chunk while it fits)
 
 
 def batch_key(cfg: Config) -> tuple:
     return tuple(getattr(cfg, name) for name in BATCH_KEY)
-
-
-def optimizer_settings(cfg: Config) -> tuple:
-    return cfg.lr, cfg.weight_decay, cfg.beta1, cfg.beta2
 
 
 def check_batchable(cfgs: list[Config]) -> None:
@@ -65,9 +60,9 @@ class Stack:
     """The models still training: stacked parameters, AdamW state, per-model settings and data."""
 
     def __init__(self, cfgs: list[Config], device):
-        # Rows sorted by AdamW settings, so the models sharing them are one slice (see adamw);
-        # index[row] is the row's position in the caller's list.
-        order = sorted(range(len(cfgs)), key=lambda i: optimizer_settings(cfgs[i]))
+        # Rows sorted by update rule (core.optim.Method: AdamW's settings and the accelerators'), so the models
+        # sharing one are a slice (see update); index[row] is the row's position in the caller's list.
+        order = sorted(range(len(cfgs)), key=lambda i: Method.of(cfgs[i]))
         self.index = order
         cfgs = [cfgs[i] for i in order]
         models = []
@@ -78,11 +73,11 @@ class Stack:
         params, _ = stack_module_state(models)
         self.names = list(params)
         self.params = [params[n].detach().to(device).requires_grad_() for n in self.names]
-        self.exp_avg = [torch.zeros_like(w) for w in self.params]
-        self.exp_avg_sq = [torch.zeros_like(w) for w in self.params]
+        self.methods = [Method.of(c) for c in cfgs]
+        self.state = new_state(self.params, self.methods[0])  # the kinds of state are the same for all (BATCH_KEY)
+        self.init_norm = model_norms(self.params)  # (N,) for --weight-norm
         self.step = 0
 
-        self.optimizer_settings = [optimizer_settings(c) for c in cfgs]
         datas = [make_data(c.p, c.op, c.train_frac, c.data_seed, c.label_noise) for c in cfgs]
         self.a, self.b, self.y = (getattr(datas[0], n).to(device) for n in ("a", "b", "y"))
         self.y_fit = torch.stack([d.y_fit for d in datas]).to(device)  # (N, n_pairs) labels trained on
@@ -102,14 +97,15 @@ class Stack:
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only the stacked models where the bool mask `rows` is True."""
         rows = rows.to(self.y.device)
-        for group in (self.exp_avg, self.exp_avg_sq):
+        for group in self.state.values():
             group[:] = [t[rows] for t in group]
         self.params = [w.detach()[rows].requires_grad_() for w in self.params]
+        self.init_norm = self.init_norm[rows.to(self.init_norm.device)]
         for name in ("train_idx", "pad", "n_train", "test_idx", "n_test", "y_fit"):
             setattr(self, name, getattr(self, name)[rows])
         kept = rows.cpu().nonzero().flatten().tolist()
         self.index = [self.index[i] for i in kept]
-        self.optimizer_settings = [self.optimizer_settings[i] for i in kept]
+        self.methods = [self.methods[i] for i in kept]
         self.noise_scale = [self.noise_scale[i] for i in kept]
         self.noise_gens = [self.noise_gens[i] for i in kept]
 
@@ -131,36 +127,33 @@ class Stack:
                 noise[i, :int(self.n_train[i])] = scale * torch.randn(int(self.n_train[i]), 2, d, generator=gen)
         return noise.to(device)
 
-    def train_step(self, loss_dtype) -> torch.Tensor:
-        """One full-batch AdamW step of every model; returns (N,) losses (a non-finite one: that model
-        diverged; its weights are no longer finite and the caller removes it, the others are unaffected)."""
+    def train_step(self, loss_dtype, loss_kind: str = "cross_entropy") -> torch.Tensor:
+        """One full-batch step of every model (its own update rule); returns (N,) losses (a non-finite one: that
+        model diverged; its weights are no longer finite and the caller removes it, the others are unaffected)."""
         idx = self.train_idx
         logits = self.logits(self.a[idx], self.b[idx], self.embed_noise(idx.device))  # (N, width, p)
         y = self.y_fit.gather(1, idx)
-        ce = F.cross_entropy(logits.to(loss_dtype).flatten(0, 1), y.flatten(), reduction="none").view(idx.shape)
+        ce = per_row_loss(logits.to(loss_dtype).flatten(0, 1), y.flatten(), loss_kind).view(idx.shape)
         losses = torch.where(self.pad, ce, 0).sum(1) / self.n_train  # the mean over each model's own split
         grads = torch.autograd.grad(losses.sum(), self.params)
         self.step += 1
         with torch.no_grad():
-            self.adamw(grads)  # a diverged model's rows turn non-finite; it leaves the stack after this step
+            self.update(grads)  # a diverged model's rows turn non-finite; it leaves the stack after this step
         return losses.detach()
 
-    def adamw(self, grads) -> None:
-        """torch.optim.AdamW's update, its operations with its Python-float scalars, applied to each run of
-        rows sharing (lr, weight_decay, beta1, beta2) (the rows are sorted by them, so each run is a view):
-        a model's weights here equal train.py's bit for bit while their gradients do."""
-        for start, end, (lr, wd, beta1, beta2) in self.optimizer_groups():
-            bias1, bias2 = 1 - beta1**self.step, 1 - beta2**self.step
-            for w, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
-                w, g, m, v = w[start:end], g[start:end], m[start:end], v[start:end]
-                w.mul_(1 - lr * wd)
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                w.addcdiv_(m, (v.sqrt() / math.sqrt(bias2)).add_(1e-8), value=-lr / bias1)
+    def update(self, grads) -> None:
+        """core.optim.update_ (train.py's update rule: torch.optim.AdamW's operations, or the accelerators'),
+        applied to each run of rows sharing one Method (the rows are sorted by it, so each run is a view): a
+        model's weights here equal train.py's bit for bit while their gradients do."""
+        for start, end, method in self.optimizer_groups():
+            rows = slice(start, end)
+            update_(self.names, [w[rows] for w in self.params], [g[rows] for g in grads],
+                    {key: [t[rows] for t in ts] for key, ts in self.state.items()}, method, self.step,
+                    self.init_norm[rows])
 
     def optimizer_groups(self):
-        """(start, end, settings) for each run of consecutive rows with the same AdamW settings."""
-        rows = self.optimizer_settings
+        """(start, end, method) for each run of consecutive rows with the same update rule."""
+        rows = self.methods
         start = 0
         for i in range(1, len(rows) + 1):
             if i == len(rows) or rows[i] != rows[start]:
@@ -272,7 +265,7 @@ def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | 
     grokked: dict[int, int] = {}  # model -> its grokking epoch, once it has one (the stop rule's input)
     while len(stack):
         tick = time.perf_counter()
-        losses = stack.train_step(loss_dtype).cpu()  # on a GPU: the step's one wait for the device
+        losses = stack.train_step(loss_dtype, cfgs[0].loss).cpu()  # on a GPU: the step's one wait for the device
         step_seconds += time.perf_counter() - tick
         model_steps += len(stack)
         epoch += 1

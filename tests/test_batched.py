@@ -23,7 +23,8 @@ def solo_weights(cfg: Config, steps: int) -> dict:
     optimizer = make_optimizer(model, cfg)
     noise_gen = torch.Generator().manual_seed(cfg.seed ^ EMBED_NOISE_SEED)
     for _ in range(steps):
-        train_one_epoch(model, optimizer, data, True, 0, None, LOSS_DTYPES[cfg.loss_dtype], cfg.embed_noise, noise_gen)
+        train_one_epoch(model, optimizer, data, True, 0, None, LOSS_DTYPES[cfg.loss_dtype], cfg.embed_noise, noise_gen,
+                        cfg.loss)
     return dict(model.named_parameters())
 
 

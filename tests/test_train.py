@@ -167,6 +167,9 @@ BAD_INPUTS = [
     ["--arch", "rnn"], ["--arch", "transformer", "--n-heads", "3"], ["--arch", "transformer", "--d-mlp", "0"],
     ["--arch", "transformer", "--d-model", "0"], ["--arch", "transformer", "--n-heads", "0"],
     ["--arch", "transformer", "--d-hidden", "64"], ["--d-model", "64"], ["--loss-dtype", "float16"],
+    ["--optimizer", "sgd"], ["--grad-filter", "lowpass"], ["--loss", "mse"], ["--filter-alpha", "1"],
+    ["--filter-alpha", "-0.1"], ["--filter-lamb", "-1"], ["--filter-window", "0"], ["--weight-norm", "0"],
+    ["--weight-norm", "-2"],
 ]
 
 
@@ -190,6 +193,15 @@ def test_resume_refuses_to_change_the_run(tmp_path):
     train(small(tmp_path, epochs=5), progress=False)
     out = run_cli("--resume", str(tmp_path / "ckpt/latest.pth"), "--lr", "0.5", "--epochs", "10")
     assert out.returncode == 2 and "--lr cannot change" in out.stderr
+
+
+@pytest.mark.parametrize("flags", [["--optimizer", "muon"], ["--grad-filter", "ema"], ["--orthograd"],
+                                   ["--loss", "stablemax"], ["--weight-norm", "0.5"], ["--filter-lamb", "5"]])
+def test_resume_refuses_another_method(tmp_path, flags):
+    train(small(tmp_path, epochs=5), progress=False)
+    out = run_cli("--resume", str(tmp_path / "ckpt/latest.pth"), *flags, "--epochs", "10")
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {flags[0]} cannot change") and not out.stdout
+    assert load_checkpoint(tmp_path / "ckpt/latest.pth")["epoch"] == 5
 
 
 @pytest.mark.parametrize("arch, other", [("mlp", "transformer"), ("transformer", "mlp")])
