@@ -343,6 +343,34 @@ def plot_phase_diagram(data: dict, path, x_label: str, y_label: str, title: str,
     plt.close(fig)
 
 
+def plot_accelerators(boards: dict, path, title: str, budget: int) -> None:
+    """One panel per leaderboard ({board: [{"method", "steps": [epoch of 99% test per seed, None if never], "median":
+    their median counting None as never (None if most never got there)}]}, fastest first): a dot per seed at its steps to 99 % test accuracy (log scale), a bar at the median, a cross at
+    the right edge for a seed that never got there within `budget` steps."""
+    fig, axes = plt.subplots(1, len(boards), figsize=(6.2 * len(boards), 0.55 * max(map(len, boards.values())) + 1.8),
+                             squeeze=False)
+    rng = np.random.default_rng(0)  # vertical jitter only, so overlapping seeds stay visible
+    for ax, (board, rows) in zip(axes[0], boards.items()):
+        for i, row in enumerate(rows):
+            steps = [s for s in row["steps"] if s is not None]
+            missed = len(row["steps"]) - len(steps)
+            ax.scatter(steps, i + rng.uniform(-0.18, 0.18, len(steps)), s=18, color="#2166ac", alpha=0.75, zorder=3)
+            if missed:
+                ax.scatter([budget * 1.25] * missed, i + rng.uniform(-0.18, 0.18, missed), marker="x", s=24,
+                           color="#b2182b", zorder=3)
+            if row["median"] is not None:
+                ax.plot([row["median"]] * 2, [i - 0.3, i + 0.3], color="black", lw=2)
+        ax.set_yticks(range(len(rows)), [r["method"] for r in rows])
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.axvline(budget, color="0.6", lw=0.8, ls="--")
+        ax.set_xlabel(f"full-batch steps to 99% test accuracy (x: not within {budget:,} steps)")
+        ax.set_title(board, fontsize=10)
+        ax.grid(axis="x", which="both", color="0.92", zorder=0)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
 def draw(jobs) -> list[Path]:
     """Run plot jobs (name of a function of this module, its arguments, its keyword arguments with the `path`
     it writes); returns the paths."""

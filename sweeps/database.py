@@ -27,6 +27,10 @@ UPGRADES = {"grokking-sweep/1": "ALTER TABLE runs RENAME COLUMN phase TO regime"
 # eval_every is NOT here: it sets the resolution of the memorization/grokking epochs and so the stop rule.
 BOOKKEEPING = frozenset({"checkpoint_dir", "results_dir", "device", "checkpoint_every", "snapshot_every"})
 KEY_FIELDS = tuple(f.name for f in fields(Config) if f.name not in BOOKKEEPING)
+# Fields added after runs were stored: keyed only away from their default, so the runs stored before keep their key.
+LATER_FIELDS = {f.name: f.default for f in fields(Config)
+                if f.name in ("optimizer", "grad_filter", "filter_alpha", "filter_lamb", "filter_window", "orthograd",
+                              "loss", "weight_norm")}
 _TYPES = {f.name: f.type for f in fields(Config)}
 
 _CREATE = """
@@ -57,7 +61,8 @@ class SweepDBError(ValueError):
 def key_config(cfg: Config) -> dict:
     """The fields that decide the run's result, each as its Config type (so 1 and 1.0 give one key)."""
     values = asdict(cfg)
-    return {name: _TYPES[name](values[name]) for name in KEY_FIELDS}
+    return {name: _TYPES[name](values[name]) for name in KEY_FIELDS
+            if name not in LATER_FIELDS or values[name] != LATER_FIELDS[name]}
 
 
 def config_key(cfg: Config) -> str:
@@ -138,8 +143,9 @@ def get_runs(conn: sqlite3.Connection, hashes=None, history: bool = True) -> lis
 
 def flat_row(record: dict) -> dict:
     """One exported row: hash and run regime, the run's key settings, then its summary row."""
-    key = json.loads(record["config_key"])
-    return {"config_hash": record["config_hash"], "regime": record["regime"], **key, **record["summary"]}
+    key = LATER_FIELDS | json.loads(record["config_key"])  # the later fields a key leaves out are at their default
+    return {"config_hash": record["config_hash"], "regime": record["regime"], **{name: key[name] for name in KEY_FIELDS},
+            **record["summary"]}
 
 
 def _cell(value):

@@ -8,14 +8,29 @@ import torch
 from test_batched import SMALL, solo_weights
 from test_train import assert_same_weights, small
 
+from accelerators import METHODS, LabConfig, best, median_steps, run
 from config import LOSS_DTYPES, Config, parse_sets
 from core.checkpoint import load_checkpoint
-from core.optim import (NEWTON_SCHULZ, Method, MethodsOptimizer, ema_filter_, ma_filter_, model_norms, muon_,
-                        newton_schulz, orthogonal_grad, stablemax_cross_entropy, training_loss, update_, uses_muon)
+from core.optim import (
+    NEWTON_SCHULZ,
+    Method,
+    MethodsOptimizer,
+    ema_filter_,
+    ma_filter_,
+    model_norms,
+    muon_,
+    newton_schulz,
+    orthogonal_grad,
+    stablemax_cross_entropy,
+    training_loss,
+    update_,
+    uses_muon,
+)
 from core.training import train
+from sweeps import database
 from sweeps.batched import Stack, check_batchable
 
-METHODS = {"muon": {"optimizer": "muon"}, "ema": {"grad_filter": "ema"}, "ma": {"grad_filter": "ma", "filter_window": 4},
+OPTIONS = {"muon": {"optimizer": "muon"}, "ema": {"grad_filter": "ema"}, "ma": {"grad_filter": "ma", "filter_window": 4},
            "orthograd": {"orthograd": True}, "stablemax": {"loss": "stablemax"}, "weight_norm": {"weight_norm": 0.5}}
 
 
@@ -97,10 +112,11 @@ def test_muon_step_from_rest_is_the_orthogonalized_gradient_scaled_to_adamw_rms(
     assert torch.equal(momentum, g)
 
 
-def test_muon_takes_the_weight_matrices_and_leaves_embeddings_and_biases_to_adamw():
+def test_muon_takes_the_hidden_matrices_and_leaves_embeddings_unembedding_and_biases_to_adamw():
     assert uses_muon("W_in", torch.zeros(1, 4, 4)) and uses_muon("W_Q", torch.zeros(1, 2, 4, 4))
-    assert uses_muon("W_U", torch.zeros(1, 4, 4))
-    assert not uses_muon("W_E", torch.zeros(1, 4, 4)) and not uses_muon("b_in", torch.zeros(1, 4))
+    assert uses_muon("W_out", torch.zeros(1, 4, 4))
+    assert not uses_muon("W_E", torch.zeros(1, 4, 4)) and not uses_muon("W_U", torch.zeros(1, 4, 4))
+    assert not uses_muon("W_pos", torch.zeros(1, 3, 4)) and not uses_muon("b_in", torch.zeros(1, 4))
 
 
 def test_weight_norm_holds_each_model_at_its_multiple_of_the_initial_norm():
@@ -116,7 +132,7 @@ def test_weight_norm_holds_each_model_at_its_multiple_of_the_initial_norm():
 def test_plain_adamw_settings_are_recognised_and_the_rest_are_not():
     assert Method.of(Config(lr=0.1, weight_decay=0.0)).plain_adamw
     assert Method.of(Config(loss="stablemax")).plain_adamw  # a loss, not an update rule
-    for name, overrides in METHODS.items():
+    for name, overrides in OPTIONS.items():
         assert name == "stablemax" or not Method.of(Config(**overrides)).plain_adamw
 
 
@@ -126,13 +142,13 @@ def test_orthograd_is_a_switch_in_sweeps():
         parse_sets(["orthograd=maybe"])
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", OPTIONS)
 def test_each_method_resumes_bit_identically(tmp_path, name):
-    train(small(tmp_path / "whole", **METHODS[name]), progress=False)
-    cfg = small(tmp_path / "split", epochs=17, **METHODS[name])
+    train(small(tmp_path / "whole", **OPTIONS[name]), progress=False)
+    cfg = small(tmp_path / "split", epochs=17, **OPTIONS[name])
     train(cfg, progress=False)
     resume = load_checkpoint(tmp_path / "split/ckpt/latest.pth")
-    assert resume["config"] | METHODS[name] == resume["config"]
+    assert resume["config"] | OPTIONS[name] == resume["config"]
     train(replace(cfg, epochs=40), resume=resume, progress=False)
     assert_same_weights(tmp_path / "whole/ckpt/model_final.pth", tmp_path / "split/ckpt/model_final.pth")
 
@@ -154,7 +170,7 @@ def test_the_batched_engine_follows_train_py_for_every_method(arch):
     """Two models per method with different settings, each batch one method (the kind is in BATCH_KEY). ToyMLP
     bit for bit; the transformer within 1e-5 after 12 steps (its vmap offsets round differently, as for AdamW)."""
     base = Config(arch=arch, **SMALL[arch])
-    for name, overrides in METHODS.items():
+    for name, overrides in OPTIONS.items():
         first = replace(base, **overrides)
         second = replace(first, seed=1, lr=first.lr / 2, filter_lamb=1.0, filter_alpha=0.9,
                          weight_norm=first.weight_norm and 0.8)
@@ -174,3 +190,36 @@ def test_one_batch_shares_the_kind_of_method():
     with pytest.raises(ValueError, match="optimizer"):
         check_batchable([Config(), Config(optimizer="muon")])
     check_batchable([Config(), Config(orthograd=True, filter_lamb=5.0, weight_norm=0.5)])
+
+
+def row(grokked, regime="grokking"):
+    return {"grokking_epoch": grokked, "regime": regime}
+
+
+def test_the_lab_picks_the_fewest_median_steps_and_for_textbook_only_configurations_that_grok():
+    fast, slow, never = Config(lr=0.1), Config(lr=0.03), Config(lr=0.01)
+    scored = [(slow, [row(400), row(500)]), (fast, [row(100, "comprehension"), row(120)]),
+              (never, [row(None, "memorization"), row(None, "memorization")])]
+    assert best(scored, "fastest") is fast
+    assert best(scored, "textbook") is slow
+    assert best([(never, scored[2][1])], "fastest") is None
+    assert median_steps([100, None, 300]) == 300 and median_steps([100, None, None]) is None
+
+
+def test_the_lab_writes_both_leaderboards_for_every_method_and_trains_nothing_twice(tmp_path, capsys):
+    lab = LabConfig(p=31, grid=1, tune_seeds=1, seeds=2, epochs=300, workers=1, db=str(tmp_path / "lab.sqlite"),
+                    results_dir=str(tmp_path / "res"), analyze=False)
+    out = run(lab)
+    for board, rows in out["boards"].items():
+        assert sorted(r["method"] for r in rows) == sorted(METHODS)
+        medians = [r["median"] for r in rows if r["median"] is not None]
+        assert medians == sorted(medians)  # fastest first
+        assert all(len(r["steps"]) == 2 for r in rows if r["config"] is not None)
+    stored = database.get_runs(database.connect(lab.db), history=False)
+    assert len(stored) >= len(METHODS)  # the tuning runs at least, one per method
+    for name in ("accelerators.md", "accelerators.json", "accelerators.png"):
+        assert (tmp_path / "res" / name).stat().st_size > 0
+    assert "fastest textbook grokking" in (tmp_path / "res/accelerators.md").read_text()
+    capsys.readouterr()
+    run(lab)
+    assert "0 to train" in capsys.readouterr().out and len(database.get_runs(database.connect(lab.db))) == len(stored)

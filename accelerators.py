@@ -1,0 +1,246 @@
+"""The accelerators lab: every speed-up of core/optim.py against AdamW, each tuned with the same budget, then run
+on fresh seeds. Two leaderboards:
+
+    fastest   the fewest full-batch steps to 99 % test accuracy (median over seeds), any delay
+    textbook  the same, among configurations that grok: test 99 % at least 10x as late as train 99 %
+
+    python accelerators.py                                   # ToyMLP at p = 113, the CPU budget
+    python accelerators.py --grid 3 --seeds 20               # the full budget (9 configurations a method)
+    python accelerators.py --arch transformer --grid 3       # the transformer (hours on a CPU; use a GPU)
+
+Tuning: each method's two main knobs (METHODS), the first --grid values of each (--grid 2: 4 configurations a
+method, the same count for every method), on --tune-seeds seeds that the final runs never use (so the winner is
+not picked on the seeds it is scored on). Every run is stored in the sweep database (--db; a rerun trains only
+what is missing); the tables go to results/accelerators.{md,json}, the seeds' steps to results/accelerators.png,
+and each method's fastest run (seed 0) is analysed as interpretability.py does (key frequencies, circuit,
+clock or pizza, restricted and excluded loss).
+"""
+import argparse
+import itertools
+import statistics
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from config import ARCH_DEFAULTS, Config, validate
+from core.utils import provenance, write_json
+from plots import plot_accelerators
+from sweep import sweep
+from sweeps import database
+from sweeps.regimes import GROKKING_RATIO
+
+# method: (its fixed settings, its two main knobs with their values, most promising first). The values are this
+# lab's guesses from short runs at p = 113 (docs/accelerators.md); --grid n tries the first n of each.
+METHODS = {
+    "AdamW": ({}, {"lr": [3e-2, 1e-2, 1e-1], "weight_decay": [1.0, 3.0, 0.3]}),
+    "Muon": ({"optimizer": "muon"}, {"lr": [1e-1, 3e-2, 3e-1], "weight_decay": [1.0, 0.3, 3.0]}),
+    "Grokfast-EMA": ({"grad_filter": "ema"}, {"filter_lamb": [0.5, 2.0, 5.0], "lr": [3e-2, 1e-2, 3e-3]}),
+    "Grokfast-MA": ({"grad_filter": "ma"}, {"filter_lamb": [0.5, 2.0, 5.0], "lr": [3e-2, 1e-2, 3e-3]}),
+    "⊥Grad": ({"orthograd": True}, {"lr": [1e-2, 3e-3, 1e-3], "weight_decay": [0.1, 0.0, 1.0]}),
+    "StableMax": ({"loss": "stablemax"}, {"lr": [1e-2, 3e-2, 3e-3], "weight_decay": [1.0, 0.1, 0.0]}),
+    "Weight norm": ({"weight_decay": 0.0}, {"weight_norm": [0.5, 0.7, 0.3], "lr": [3e-2, 1e-2, 3e-3]}),
+}
+SHOWN = tuple(dict.fromkeys(name for fixed, knobs in METHODS.values() for name in [*fixed, *knobs]))  # in run lines
+BOARDS = {"fastest": "fastest to 99% test accuracy (any delay)",
+          "textbook": f"fastest textbook grokking (delay >= {GROKKING_RATIO:g}x)"}
+
+
+@dataclass
+class LabConfig:
+    arch: str = "mlp"
+    p: int = 113
+    grid: int = 2  # values per knob: grid**2 configurations per method
+    tune_seeds: int = 1  # seeds 100, 101, ... for tuning
+    seeds: int = 10  # seeds 0 .. seeds-1 at each method's best configuration
+    epochs: int = 800  # budget per run (full-batch steps); a run stops when test accuracy reaches 99 %
+    workers: int = 2
+    db: str = "results/accelerators.sqlite"
+    results_dir: str = "results"
+    analyze: bool = True
+
+
+def base_config(lab: LabConfig) -> Config:
+    return Config(**ARCH_DEFAULTS[lab.arch] | {"arch": lab.arch, "p": lab.p, "epochs": lab.epochs,
+                                              "stop_after_grok": 1.0, "device": "cpu" if lab.arch == "mlp" else "auto"})
+
+
+def candidates(lab: LabConfig, method: str) -> list[Config]:
+    """The method's grid**2 tuning configurations (one seed: the caller adds the seeds)."""
+    fixed, knobs = METHODS[method]
+    names = list(knobs)
+    return [replace(base_config(lab), **fixed, **dict(zip(names, values)))
+            for values in itertools.product(*(knobs[n][:lab.grid] for n in names))]
+
+
+def seeded(cfgs: list[Config], seeds) -> list[Config]:
+    return [replace(c, seed=s) for c in cfgs for s in seeds]
+
+
+def median_steps(steps: list) -> float | None:
+    """The median of the steps to 99 %, a run that never got there counting as infinitely slow (None when
+    most never did)."""
+    ranked = sorted(s if s is not None else float("inf") for s in steps)
+    mid = statistics.median(ranked)
+    return None if mid == float("inf") else mid
+
+
+def rows_of(conn, cfgs: list[Config]) -> list[dict]:
+    return [database.flat_row(r) for r in database.get_runs(conn, [database.config_hash(c) for c in cfgs],
+                                                            history=False)]
+
+
+def pick(conn, lab: LabConfig, method: str, board: str) -> Config | None:
+    """The method's best configuration for `board`, judged on its tuning seeds (best)."""
+    return best([(cfg, rows_of(conn, seeded([cfg], tuning_seeds(lab)))) for cfg in candidates(lab, method)], board)
+
+
+def best(scored: list[tuple[Config, list[dict]]], board: str) -> Config | None:
+    """Of (configuration, its runs' rows), the one with the fewest median steps to 99 % (median_steps); for the
+    textbook board only configurations whose every run grokked (run regime grokking: a delay >= GROKKING_RATIO).
+    None if no configuration qualifies; a tie goes to the first."""
+    chosen, fewest = None, None
+    for cfg, rows in scored:
+        if board == "textbook" and not all(r["regime"] == "grokking" for r in rows):
+            continue
+        steps = median_steps([r.get("grokking_epoch") for r in rows])
+        if steps is not None and (fewest is None or steps < fewest):
+            chosen, fewest = cfg, steps
+    return chosen
+
+
+def tuning_seeds(lab: LabConfig) -> range:
+    return range(100, 100 + lab.tune_seeds)
+
+
+def spread(values) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def board_row(conn, lab: LabConfig, method: str, board: str, cfg: Config | None) -> dict:
+    """One line of a leaderboard: the method's chosen knobs and its final seeds' figures. On the textbook board a
+    seed counts only if it grokked (delay >= GROKKING_RATIO); the others count as never reaching 99 %."""
+    if cfg is None:
+        return {"method": method, "config": None, "steps": [], "median": None}
+    rows = rows_of(conn, seeded([cfg], range(lab.seeds)))
+    knobs = {name: getattr(cfg, name) for name in METHODS[method][1]}
+    steps = [r.get("grokking_epoch") if board == "fastest" or r["regime"] == "grokking" else None for r in rows]
+    return {"method": method, "config": knobs, "steps": steps, "median": median_steps(steps),
+            "generalized": sum(s is not None for s in steps), "seeds": len(rows),
+            "memorization": spread(r.get("memorization_epoch") for r in rows),
+            "generalization": spread(steps) | {"median": median_steps(steps)}, "delay": spread(r.get("grokking_delay") for r in rows),
+            "final_test_acc": spread(r.get("final_test_acc") for r in rows),
+            "seconds": spread(r.get("seconds_to_grok") for r in rows)}
+
+
+def analysed(cfg: Config, lab: LabConfig) -> Config:
+    """The run analysed for a method: seed 0 of its fastest configuration, trained on to 3x its grokking epoch (the
+    train.py default) so the clean-up has happened; a run stopped at 99 % test holds a half-built circuit."""
+    return replace(cfg, seed=0, stop_after_grok=Config.stop_after_grok, epochs=3 * lab.epochs)
+
+
+def analysis_of(conn, cfg: Config) -> dict | None:
+    """The analysis columns of the analysed run `cfg` (sweep --analyze stored them)."""
+    rows = rows_of(conn, [cfg])
+    if not rows or not rows[0].get("basis"):
+        return None
+    r = rows[0]
+    return {k: r.get(k) for k in ("key_frequencies", "circuit_size", "verdict", "restricted_loss", "excluded_loss")}
+
+
+def fmt_spread(s: dict, digits: str = ".0f") -> str:
+    if s["median"] is None:
+        return "-"
+    return f"{s['median']:{digits}} [{s['min']:{digits}}-{s['max']:{digits}}]"
+
+
+def markdown(boards: dict, lab: LabConfig) -> str:
+    """Both leaderboards as Markdown tables (what docs/accelerators.md shows)."""
+    lines = []
+    for board, rows in boards.items():
+        counted = "seeds at 99%" if board == "fastest" else f"seeds grokking (>= {GROKKING_RATIO:g}x)"
+        lines += [f"### {BOARDS[board]}", "",
+                  (f"| method | best of its tuning | {counted} | steps to 99%: median [min-max] | memorized | "
+                   "delay | final test acc | seconds to 99% | keys | circuit | clock/pizza | restricted | excluded |"),
+                  "|---" * 13 + "|"]
+        for r in rows:
+            if r["config"] is None:
+                why = "reached 99% test" if board == "fastest" else "grokked on every tuning seed"
+                lines.append(f"| {r['method']} | none of its configurations {why} | " + "- | " * 11)
+                continue
+            knobs = ", ".join(f"{k} {v:g}" for k, v in r["config"].items())
+            a = r.get("analysis") or {}
+            lines.append(
+                f"| {r['method']} | {knobs} | {r['generalized']}/{r['seeds']} | {fmt_spread(r['generalization'])} | "
+                f"{fmt_spread(r['memorization'])} | {fmt_spread(r['delay'], '.1f')} | "
+                f"{fmt_spread(r['final_test_acc'], '.3f')} | {fmt_spread(r['seconds'], '.1f')} | "
+                f"{a.get('key_frequencies', '-')} | {a.get('circuit_size', '-')} | {a.get('verdict', '-')} | "
+                + (f"{a['restricted_loss']:.2g} | {a['excluded_loss']:.2g} |" if a else "- | - |"))
+        lines.append("")
+    lines.append(f"{'ToyMLP' if lab.arch == 'mlp' else 'Transformer'} at p = {lab.p}, full batch; tuning: "
+                 f"{lab.grid ** 2} configurations a method on seeds {100}-{99 + lab.tune_seeds}; final: seeds "
+                 f"0-{lab.seeds - 1}; budget {lab.epochs:,} steps a run (a seed that never reached 99% counts as "
+                 "slowest in the median; on the textbook board so does a seed with a smaller delay). Steps, "
+                 "[min-max] over the seeds counted; memorized, delay and seconds over all seeds that reached 99%. Analysis "
+                 "columns: seed 0 of the fastest configuration, trained on to 3x its grokking epoch.")
+    return "\n".join(lines) + "\n"
+
+
+def run(lab: LabConfig, progress: bool = True) -> dict:
+    """Tune, run the seeds, analyse; returns {"boards": {board: rows fastest first}, ...} and writes the files."""
+    conn = database.connect(lab.db)
+    tuning = [c for m in METHODS for c in seeded(candidates(lab, m), tuning_seeds(lab))]
+    for cfg in tuning:
+        validate(cfg)
+    print(f"tuning: {len(METHODS)} methods x {lab.grid ** 2} configurations x {lab.tune_seeds} seeds", flush=True)
+    sweep(conn, tuning, show=SHOWN, workers=lab.workers)
+    chosen = {(m, b): pick(conn, lab, m, b) for m in METHODS for b in BOARDS}
+    final = list({database.config_hash(c): c for c in seeded([c for c in chosen.values() if c], range(lab.seeds))}
+                 .values())
+    print(f"final runs: each method's best configuration per leaderboard x {lab.seeds} seeds", flush=True)
+    sweep(conn, final, show=SHOWN, workers=lab.workers)
+    fastest = [analysed(chosen[m, "fastest"], lab) for m in METHODS if chosen[m, "fastest"]]
+    if lab.analyze and fastest:
+        print("analysing each method's fastest run (seed 0)", flush=True)
+        sweep(conn, fastest, analyze=True, show=SHOWN, workers=lab.workers)
+    boards = {}
+    for board in BOARDS:
+        rows = [board_row(conn, lab, m, board, chosen[m, board]) for m in METHODS]
+        for row in rows:
+            cfg = chosen[row["method"], "fastest"]
+            row["analysis"] = analysis_of(conn, analysed(cfg, lab)) if cfg else None
+        boards[board] = sorted(rows, key=lambda r: (r["median"] is None, r["median"] or 0))
+    results = Path(lab.results_dir)
+    title = (f"{'ToyMLP' if lab.arch == 'mlp' else 'Transformer'}, (a + b) mod {lab.p}: each method at its best of "
+             f"{lab.grid ** 2} tuned configurations, {lab.seeds} fresh seeds")
+    plot_accelerators({BOARDS[b]: rows for b, rows in boards.items()}, results / "accelerators.png", title, lab.epochs)
+    (results / "accelerators.md").write_text(markdown(boards, lab))
+    write_json(results / "accelerators.json", {"lab": asdict(lab), "boards": boards, **provenance()})
+    print(markdown(boards, lab))
+    print(f"wrote {results / 'accelerators.md'}, {results / 'accelerators.json'}, {results / 'accelerators.png'}; "
+          f"every run is in {lab.db}")
+    return {"boards": boards}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, default in asdict(LabConfig()).items():
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(default, bool):
+            parser.add_argument(flag.replace("--", "--no-"), dest=name, action="store_false",
+                                help=f"skip: {name}")
+        else:
+            parser.add_argument(flag, type=type(default), default=default,
+                                choices=("mlp", "transformer") if name == "arch" else None)
+    lab = LabConfig(**vars(parser.parse_args(argv)))
+    if lab.grid < 1 or lab.grid > 3 or lab.tune_seeds < 1 or lab.seeds < 1 or lab.epochs < 1 or lab.workers < 1:
+        parser.error("--grid must lie in 1..3; --tune-seeds, --seeds, --epochs and --workers must be >= 1")
+    run(lab)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
