@@ -19,7 +19,7 @@ import argparse
 import itertools
 import statistics
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from config import ARCH_DEFAULTS, Config, validate
@@ -29,34 +29,42 @@ from sweep import sweep
 from sweeps import database
 from sweeps.regimes import GROKKING_RATIO
 
-# method: (its fixed settings, its two main knobs with their values, most promising first). The values are this
-# lab's guesses from short runs at p = 113 (docs/accelerators.md); --grid n tries the first n of each.
+# method: (its fixed settings, its two main knobs with their values); --grid n tries the first n of each. lr and
+# weight_decay values are multiples of the architecture's default (ToyMLP: lr 0.03, weight decay 1; the transformer:
+# 0.01, 0.3), the rest absolute. Each list starts at the default (for the weight norm, which has none, at 0.5); the
+# next values are this lab's guesses from short ToyMLP runs at p = 113 (docs/accelerators.md).
 METHODS = {
-    "AdamW": ({}, {"lr": [3e-2, 1e-2, 1e-1], "weight_decay": [1.0, 3.0, 0.3]}),
-    "Muon": ({"optimizer": "muon"}, {"lr": [1e-1, 3e-2, 3e-1], "weight_decay": [1.0, 0.3, 3.0]}),
-    "Grokfast-EMA": ({"grad_filter": "ema"}, {"filter_lamb": [0.5, 2.0, 5.0], "lr": [3e-2, 1e-2, 3e-3]}),
-    "Grokfast-MA": ({"grad_filter": "ma"}, {"filter_lamb": [0.5, 2.0, 5.0], "lr": [3e-2, 1e-2, 3e-3]}),
-    "⊥Grad": ({"orthograd": True}, {"lr": [1e-2, 3e-3, 1e-3], "weight_decay": [0.1, 0.0, 1.0]}),
-    "StableMax": ({"loss": "stablemax"}, {"lr": [1e-2, 3e-2, 3e-3], "weight_decay": [1.0, 0.1, 0.0]}),
-    "Weight norm": ({"weight_decay": 0.0}, {"weight_norm": [0.5, 0.7, 0.3], "lr": [3e-2, 1e-2, 3e-3]}),
+    "AdamW": ({}, {"lr": [1, 1 / 3, 10 / 3], "weight_decay": [1, 3, 0.3]}),
+    "Muon": ({"optimizer": "muon"}, {"lr": [1, 10 / 3, 10], "weight_decay": [1, 0.3, 3]}),
+    "Grokfast-EMA": ({"grad_filter": "ema"}, {"filter_lamb": [0.5, 2.0, 5.0], "lr": [1, 1 / 3, 1 / 10]}),
+    "Grokfast-MA": ({"grad_filter": "ma"}, {"filter_lamb": [0.5, 2.0, 5.0], "lr": [1, 1 / 3, 1 / 10]}),
+    "⊥Grad": ({"orthograd": True}, {"lr": [1, 1 / 3, 1 / 10], "weight_decay": [1, 0.1, 0]}),
+    "StableMax": ({"loss": "stablemax"}, {"lr": [1, 1 / 3, 1 / 10], "weight_decay": [1, 0.1, 0]}),
+    "Weight norm": ({"weight_decay": 0.0}, {"weight_norm": [0.5, 0.7, 0.3], "lr": [1, 1 / 3, 1 / 10]}),
 }
+SCALED = ("lr", "weight_decay")  # knobs given as multiples of the architecture's default
 SHOWN = tuple(dict.fromkeys(name for fixed, knobs in METHODS.values() for name in [*fixed, *knobs]))  # in run lines
 BOARDS = {"fastest": "fastest to 99% test accuracy (any delay)",
           "textbook": f"fastest textbook grokking (delay >= {GROKKING_RATIO:g}x)"}
 
 
+def _f(default, help):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class LabConfig:
-    arch: str = "mlp"
-    p: int = 113
-    grid: int = 2  # values per knob: grid**2 configurations per method
-    tune_seeds: int = 1  # seeds 100, 101, ... for tuning
-    seeds: int = 10  # seeds 0 .. seeds-1 at each method's best configuration
-    epochs: int = 800  # budget per run (full-batch steps); a run stops when test accuracy reaches 99 %
-    workers: int = 2
-    db: str = "results/accelerators.sqlite"
-    results_dir: str = "results"
-    analyze: bool = True
+    """The lab's settings (saved into accelerators.json); one flag each."""
+    arch: str = _f("mlp", "architecture: mlp (ToyMLP) or transformer")
+    p: int = _f(113, "modulus")
+    grid: int = _f(2, "values per knob, 1 to 3: grid**2 tuning configurations a method")
+    tune_seeds: int = _f(1, "tuning seeds per configuration (seeds 100, 101, ...)")
+    seeds: int = _f(10, "final seeds (0 .. seeds-1) at each method's best configuration")
+    epochs: int = _f(800, "budget of a run in full-batch steps (a run stops at 99 %% test accuracy)")
+    workers: int = _f(2, "training processes")
+    db: str = _f("results/accelerators.sqlite", "the sweep database every run is stored in")
+    results_dir: str = _f("results", "folder for accelerators.md, .json and .png")
+    analyze: bool = _f(True, "analyse seed 0 of each method's fastest configuration")
 
 
 def base_config(lab: LabConfig) -> Config:
@@ -67,9 +75,10 @@ def base_config(lab: LabConfig) -> Config:
 def candidates(lab: LabConfig, method: str) -> list[Config]:
     """The method's grid**2 tuning configurations (one seed: the caller adds the seeds)."""
     fixed, knobs = METHODS[method]
-    names = list(knobs)
-    return [replace(base_config(lab), **fixed, **dict(zip(names, values)))
-            for values in itertools.product(*(knobs[n][:lab.grid] for n in names))]
+    base = base_config(lab)
+    values = {name: [round(getattr(base, name) * v, 12) if name in SCALED else v for v in vs[:lab.grid]]
+              for name, vs in knobs.items()}
+    return [replace(base, **fixed, **dict(zip(values, combo))) for combo in itertools.product(*values.values())]
 
 
 def seeded(cfgs: list[Config], seeds) -> list[Config]:
@@ -130,7 +139,8 @@ def board_row(conn, lab: LabConfig, method: str, board: str, cfg: Config | None)
     return {"method": method, "config": knobs, "steps": steps, "median": median_steps(steps),
             "generalized": sum(s is not None for s in steps), "seeds": len(rows),
             "memorization": spread(r.get("memorization_epoch") for r in rows),
-            "generalization": spread(steps) | {"median": median_steps(steps)}, "delay": spread(r.get("grokking_delay") for r in rows),
+            "generalization": spread(steps) | {"median": median_steps(steps)},
+            "delay": spread(r.get("grokking_delay") for r in rows),
             "final_test_acc": spread(r.get("final_test_acc") for r in rows),
             "seconds": spread(r.get("seconds_to_grok") for r in rows)}
 
@@ -180,11 +190,12 @@ def markdown(boards: dict, lab: LabConfig) -> str:
                 + (f"{a['restricted_loss']:.2g} | {a['excluded_loss']:.2g} |" if a else "- | - |"))
         lines.append("")
     lines.append(f"{'ToyMLP' if lab.arch == 'mlp' else 'Transformer'} at p = {lab.p}, full batch; tuning: "
-                 f"{lab.grid ** 2} configurations a method on seeds {100}-{99 + lab.tune_seeds}; final: seeds "
+                 f"{lab.grid ** 2} configurations a method on seed(s) {tuning_seeds(lab)[0]}-{tuning_seeds(lab)[-1]}; final: seeds "
                  f"0-{lab.seeds - 1}; budget {lab.epochs:,} steps a run (a seed that never reached 99% counts as "
-                 "slowest in the median; on the textbook board so does a seed with a smaller delay). Steps, "
-                 "[min-max] over the seeds counted; memorized, delay and seconds over all seeds that reached 99%. Analysis "
-                 "columns: seed 0 of the fastest configuration, trained on to 3x its grokking epoch.")
+                 "slowest in the median; on the textbook board so does a seed with a smaller delay). Steps: that "
+                 "median, [min-max] over the seeds counted; the other figures: median [min-max] over the seeds that "
+                 "have one (a delay needs 99% train and test). Analysis columns: seed 0 of the fastest "
+                 "configuration, trained on to 3x its grokking epoch (run regime and delay as the others).")
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +226,8 @@ def run(lab: LabConfig, progress: bool = True) -> dict:
     results = Path(lab.results_dir)
     title = (f"{'ToyMLP' if lab.arch == 'mlp' else 'Transformer'}, (a + b) mod {lab.p}: each method at its best of "
              f"{lab.grid ** 2} tuned configurations, {lab.seeds} fresh seeds")
-    plot_accelerators({BOARDS[b]: rows for b, rows in boards.items()}, results / "accelerators.png", title, lab.epochs)
+    plot_accelerators({BOARDS[b]: rows for b, rows in boards.items()}, results / "accelerators.png", title, lab.epochs,
+                      f"(textbook board) a delay under {GROKKING_RATIO:g}x")
     (results / "accelerators.md").write_text(markdown(boards, lab))
     write_json(results / "accelerators.json", {"lab": asdict(lab), "boards": boards, **provenance()})
     print(markdown(boards, lab))
@@ -227,17 +239,16 @@ def run(lab: LabConfig, progress: bool = True) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for name, default in asdict(LabConfig()).items():
-        flag = f"--{name.replace('_', '-')}"
-        if isinstance(default, bool):
-            parser.add_argument(flag.replace("--", "--no-"), dest=name, action="store_false",
-                                help=f"skip: {name}")
+    for f in fields(LabConfig):
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.type is bool:
+            parser.add_argument(f"--no-{f.name}", dest=f.name, action="store_false", help="do not " + f.metadata["help"])
         else:
-            parser.add_argument(flag, type=type(default), default=default,
-                                choices=("mlp", "transformer") if name == "arch" else None)
+            parser.add_argument(flag, type=f.type, default=f.default, help=f.metadata["help"],
+                                choices=("mlp", "transformer") if f.name == "arch" else None)
     lab = LabConfig(**vars(parser.parse_args(argv)))
-    if lab.grid < 1 or lab.grid > 3 or lab.tune_seeds < 1 or lab.seeds < 1 or lab.epochs < 1 or lab.workers < 1:
-        parser.error("--grid must lie in 1..3; --tune-seeds, --seeds, --epochs and --workers must be >= 1")
+    if not 1 <= lab.grid <= 3 or min(lab.tune_seeds, lab.seeds, lab.epochs, lab.workers) < 1 or lab.p < 2:
+        parser.error("--grid must lie in 1..3, --p be >= 2; --tune-seeds, --seeds, --epochs and --workers >= 1")
     run(lab)
     return 0
 

@@ -343,15 +343,20 @@ def plot_phase_diagram(data: dict, path, x_label: str, y_label: str, title: str,
     plt.close(fig)
 
 
-def plot_accelerators(boards: dict, path, title: str, budget: int) -> None:
+def plot_accelerators(boards: dict, path, title: str, budget: int, uncounted: str = "") -> None:
     """One panel per leaderboard ({board: [{"method", "steps": [epoch of 99% test per seed, None if never], "median":
     their median counting None as never (None if most never got there)}]}, fastest first): a dot per seed at its steps to 99 % test accuracy (log scale), a bar at the median, a cross at
-    the right edge for a seed that never got there within `budget` steps."""
+    the right edge for a seed not counted: never got there within `budget` steps, or `uncounted` (why else)."""
     fig, axes = plt.subplots(1, len(boards), figsize=(6.2 * len(boards), 0.55 * max(map(len, boards.values())) + 1.8),
                              squeeze=False)
     rng = np.random.default_rng(0)  # vertical jitter only, so overlapping seeds stay visible
+    reached = [s for rows in boards.values() for row in rows for s in row["steps"] if s is not None]
+    low, high = (min(reached) if reached else budget) / 1.4, budget * 1.45
     for ax, (board, rows) in zip(axes[0], boards.items()):
         for i, row in enumerate(rows):
+            if not row["steps"]:
+                ax.text((low * high) ** 0.5, i, "no tuned configuration qualified", ha="center", va="center",
+                        fontsize=8, color="0.45")
             steps = [s for s in row["steps"] if s is not None]
             missed = len(row["steps"]) - len(steps)
             ax.scatter(steps, i + rng.uniform(-0.18, 0.18, len(steps)), s=18, color="#2166ac", alpha=0.75, zorder=3)
@@ -361,13 +366,20 @@ def plot_accelerators(boards: dict, path, title: str, budget: int) -> None:
             if row["median"] is not None:
                 ax.plot([row["median"]] * 2, [i - 0.3, i + 0.3], color="black", lw=2)
         ax.set_yticks(range(len(rows)), [r["method"] for r in rows])
-        ax.invert_yaxis()
+        ax.set_ylim(len(rows) - 0.4, -0.6)  # fastest on top
         ax.set_xscale("log")
+        ticks = [t for t in (10, 20, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10000) if low <= t <= high]
+        ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
+        ax.set_xlim(low, high)
+        ax.minorticks_off()
         ax.axvline(budget, color="0.6", lw=0.8, ls="--")
-        ax.set_xlabel(f"full-batch steps to 99% test accuracy (x: not within {budget:,} steps)")
+        ax.set_xlabel("full-batch steps to 99% test accuracy (log scale)")
         ax.set_title(board, fontsize=10)
-        ax.grid(axis="x", which="both", color="0.92", zorder=0)
+        ax.grid(axis="x", color="0.92", zorder=0)
     fig.suptitle(title, fontsize=10)
+    fig.text(0.01, -0.01, f"Dot: one seed; bar: the median over all seeds (one not counted counts as slowest). Cross at "
+                          f"the right: a seed not counted: no 99% within {budget:,} steps (dashed line)"
+                          + (f" or {uncounted}" if uncounted else "") + ".", fontsize=8, va="top")
     _save(fig, path)
 
 

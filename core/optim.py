@@ -34,19 +34,19 @@ ADAMW_ONLY = ("W_E", "W_pos", "W_U")
 
 @dataclass(frozen=True, order=True)
 class Method:
-    """One run's update rule: the Config fields it reads. The numbers may differ between the models of one
-    batched step only through separate calls."""
-    lr: float = 3e-2
-    weight_decay: float = 1.0
-    beta1: float = 0.9
-    beta2: float = 0.98
-    optimizer: str = "adamw"
-    grad_filter: str = "none"
-    filter_alpha: float = 0.98
-    filter_lamb: float = 0.5
-    filter_window: int = 10
-    orthograd: bool = False
-    weight_norm: float = 0.0
+    """One run's update rule: the Config fields it reads (Method.of(cfg)). Sortable, so the batched engine can
+    put the models that share one next to each other."""
+    lr: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+    optimizer: str
+    grad_filter: str
+    filter_alpha: float
+    filter_lamb: float
+    filter_window: int
+    orthograd: bool
+    weight_norm: float
 
     @classmethod
     def of(cls, cfg) -> "Method":
@@ -55,7 +55,7 @@ class Method:
     @property
     def plain_adamw(self) -> bool:
         """Nothing but AdamW: train.py then uses torch.optim.AdamW itself (and, on CUDA, one graph per step)."""
-        return self == Method(self.lr, self.weight_decay, self.beta1, self.beta2)
+        return self.optimizer == "adamw" and self.grad_filter == "none" and not self.orthograd and not self.weight_norm
 
 
 def uses_muon(name: str, w: torch.Tensor, stacked: bool = True) -> bool:
@@ -65,8 +65,9 @@ def uses_muon(name: str, w: torch.Tensor, stacked: bool = True) -> bool:
 
 
 def new_state(ws: list[torch.Tensor], method: Method) -> dict[str, list]:
-    """The optimizer state of stacked weights `ws`: AdamW's moments (or Muon's momentum) per tensor, the gradient
-    filter's memory, and each model's weight norm at initialization (for --weight-norm)."""
+    """The optimizer state of stacked weights `ws`: AdamW's two moments per tensor (a Muon tensor keeps its momentum
+    in exp_avg) and the gradient filter's memory. (--weight-norm also needs each model's initial norm: model_norms,
+    passed to update_.)"""
     state = {"exp_avg": [torch.zeros_like(w) for w in ws], "exp_avg_sq": [torch.zeros_like(w) for w in ws]}
     if method.grad_filter == "ema":
         state["ema"] = [torch.zeros_like(w) for w in ws]

@@ -25,7 +25,7 @@ def start_training(flags, wait_for: Path, timeout: float = 60):
 # without the tests that run a script in a child process. The whole suite is the other level (what CI runs).
 FAST_FILES = {"test_checkpoint.py", "test_clock_pizza.py", "test_component_ablation.py", "test_dataset.py",
               "test_discrete_log.py", "test_fourier_laws.py", "test_interventions.py", "test_known_answers.py",
-              "test_layout.py", "test_model.py", "test_plots.py", "test_regimes.py"}
+              "test_layout.py", "test_model.py", "test_optim.py", "test_plots.py", "test_regimes.py"}
 
 
 def pytest_collection_modifyitems(items):

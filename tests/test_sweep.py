@@ -110,7 +110,24 @@ def test_key_ignores_bookkeeping_but_not_what_changes_the_result():
         assert database.config_hash(replace(base, **{name: value})) == h, name
     for name, value in [("eval_every", 1), ("epochs", 9), ("seed", 1), ("data_seed", 1), ("train_frac", 0.31)]:
         assert database.config_hash(replace(base, **{name: value})) != h, name
-    assert json.loads(database.config_key(base)) == {k: getattr(base, k) for k in database.KEY_FIELDS}
+    for name, value in [("optimizer", "muon"), ("grad_filter", "ema"), ("filter_lamb", 2.0), ("orthograd", True),
+                        ("loss", "stablemax"), ("weight_norm", 0.5)]:
+        assert database.config_hash(replace(base, **{name: value})) != h, name
+    assert json.loads(database.config_key(base)) == {k: getattr(base, k) for k in database.KEY_FIELDS
+                                                     if k not in database.LATER_FIELDS}
+
+
+def test_runs_stored_before_the_accelerators_keep_their_key_and_read_back_with_defaults():
+    """The fields added later are keyed only away from their default: a default run's key is the one it had
+    before they existed (written here by hand, without them), and its exported row shows their defaults."""
+    base = Config(p=97, seed=3)
+    older = {k: getattr(base, k) for k in database.KEY_FIELDS if k not in database.LATER_FIELDS}
+    assert database.config_key(base) == json.dumps(older, sort_keys=True, separators=(",", ":"))
+    row = database.flat_row({"config_hash": "h", "regime": "grokking", "config_key": json.dumps(older),
+                             "summary": {"grokking_epoch": 300}})
+    assert row["optimizer"] == "adamw" and row["orthograd"] is False and row["weight_norm"] == 0.0
+    assert row["p"] == 97 and row["grokking_epoch"] == 300
+    assert "optimizer" in json.loads(database.config_key(replace(base, optimizer="muon")))
 
 
 def record(cfg: Config, **summary) -> dict:
