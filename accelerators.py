@@ -60,7 +60,7 @@ class LabConfig:
     grid: int = _f(2, "values per knob, 1 to 3: grid**2 tuning configurations a method")
     tune_seeds: int = _f(1, "tuning seeds per configuration (seeds 100, 101, ...)")
     seeds: int = _f(10, "final seeds (0 .. seeds-1) at each method's best configuration")
-    epochs: int = _f(800, "budget of a run in full-batch steps (a run stops at 99 %% test accuracy)")
+    epochs: int = _f(800, "budget of a run in full-batch steps (a run stops at 99 % test accuracy)")
     workers: int = _f(2, "training processes")
     db: str = _f("results/accelerators.sqlite", "the sweep database every run is stored in")
     results_dir: str = _f("results", "folder for accelerators.md, .json and .png")
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
         if f.type is bool:
             parser.add_argument(f"--no-{f.name}", dest=f.name, action="store_false", help="do not " + f.metadata["help"])
         else:
-            parser.add_argument(flag, type=f.type, default=f.default, help=f.metadata["help"],
+            parser.add_argument(flag, type=f.type, default=f.default, help=f.metadata["help"].replace("%", "%%"),
                                 choices=("mlp", "transformer") if f.name == "arch" else None)
     lab = LabConfig(**vars(parser.parse_args(argv)))
     if not 1 <= lab.grid <= 3 or min(lab.tune_seeds, lab.seeds, lab.epochs, lab.workers) < 1 or lab.p < 2:

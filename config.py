@@ -189,7 +189,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     groups = {}
     for f in fields(Config):
         group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
-        help = f.metadata["help"]
+        help = f.metadata["help"].replace("%", "%%")  # argparse formats help strings with %
         if f.name == "arch":
             help += "; with --arch transformer the defaults become " + ", ".join(
                 f"--{k.replace('_', '-')} {v}" for k, v in ARCH_DEFAULTS["transformer"].items())

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from config import ARCH_DEFAULTS, Config, config_from_args
+from config import ARCH_DEFAULTS, Config, build_parser, config_from_args
 from conftest import ROOT, start_training
 from core.checkpoint import load_checkpoint, load_model
 from core.training import load_optimizer_state, make_optimizer, show_stop, snapshot_epochs, train, train_one_epoch
@@ -157,6 +157,13 @@ def test_small_run_memorizes_long_before_it_generalizes(tmp_path):
     assert s["memorization_epoch"] is not None and s["grokking_epoch"] is not None
     assert s["grokking_epoch"] >= 10 * s["memorization_epoch"]
     assert s["final_test_acc"] >= 0.99
+
+
+def test_help_lists_every_flag():
+    """--help formats (argparse reads % in a help string as a format) and names every Config field's flag."""
+    text = build_parser().format_help()
+    assert all(f"--{name.replace('_', '-')}" in text for name in Config.__dataclass_fields__)
+    assert "99 % test" in text  # a literal % in a help string
 
 
 BAD_INPUTS = [
