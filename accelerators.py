@@ -60,7 +60,7 @@ class LabConfig:
     grid: int = _f(2, "values per knob, 1 to 3: grid**2 tuning configurations a method")
     tune_seeds: int = _f(1, "tuning seeds per configuration (seeds 100, 101, ...)")
     seeds: int = _f(10, "final seeds (0 .. seeds-1) at each method's best configuration")
-    epochs: int = _f(800, "budget of a run in full-batch steps (a run stops at 99 % test accuracy)")
+    epochs: int = _f(700, "budget of a run in full-batch steps (a run stops at 99 % test accuracy)")
     workers: int = _f(2, "training processes")
     db: str = _f("results/accelerators.sqlite", "the sweep database every run is stored in")
     results_dir: str = _f("results", "folder for accelerators.md, .json and .png")
