@@ -344,9 +344,10 @@ def plot_phase_diagram(data: dict, path, x_label: str, y_label: str, title: str,
 
 
 def plot_accelerators(boards: dict, path, title: str, budget: int, uncounted: str = "") -> None:
-    """One panel per leaderboard ({board: [{"method", "steps": [epoch of 99% test per seed, None if never], "median":
-    their median counting None as never (None if most never got there)}]}, fastest first): a dot per seed at its steps to 99 % test accuracy (log scale), a bar at the median, a cross at
-    the right edge for a seed not counted: never got there within `budget` steps, or `uncounted` (why else)."""
+    """One panel per leaderboard ({board: [{"method", "steps": [epoch of 99% test per seed, None if not counted],
+    "median": their median counting None as slowest (None if most are)}]}, fastest first): a dot per seed at its
+    steps to 99 % test accuracy (log scale), a bar at the median, a cross at the right edge for a seed not counted:
+    never got there within `budget` steps, or `uncounted` (why else)."""
     fig, axes = plt.subplots(1, len(boards), figsize=(6.2 * len(boards), 0.55 * max(map(len, boards.values())) + 1.8),
                              squeeze=False)
     rng = np.random.default_rng(0)  # vertical jitter only, so overlapping seeds stay visible

@@ -58,10 +58,10 @@ class Method:
         return self.optimizer == "adamw" and self.grad_filter == "none" and not self.orthograd and not self.weight_norm
 
 
-def uses_muon(name: str, w: torch.Tensor, stacked: bool = True) -> bool:
-    """Muon takes the hidden weight matrices (2-D and up per model: attention's per-head matrices each count as
-    one), not the embeddings, the unembedding or the biases."""
-    return w.dim() - stacked >= 2 and name not in ADAMW_ONLY
+def uses_muon(name: str, w: torch.Tensor) -> bool:
+    """Muon takes the hidden weight matrices (stacked w: 2-D and up per model; attention's per-head matrices each
+    count as one), not the embeddings, the unembedding or the biases."""
+    return w.dim() - 1 >= 2 and name not in ADAMW_ONLY
 
 
 def new_state(ws: list[torch.Tensor], method: Method) -> dict[str, list]:

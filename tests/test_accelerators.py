@@ -9,7 +9,7 @@ from test_batched import SMALL, solo_weights
 from test_optim import OPTIONS
 from test_train import assert_same_weights, small
 
-from accelerators import METHODS, LabConfig, best, median_steps, run
+from accelerators import METHODS, LabConfig, best, counted_steps, median_steps, run
 from config import LOSS_DTYPES, Config
 from core.checkpoint import load_checkpoint
 from core.training import train
@@ -66,7 +66,15 @@ def test_the_lab_picks_the_fewest_median_steps_and_for_textbook_only_configurati
     assert best(scored, "fastest") is fast
     assert best(scored, "textbook") is slow
     assert best([(never, scored[2][1])], "fastest") is None
+    mixed = [row(100, "comprehension"), row(120), row(130)]  # its counted median (130) beats 450, but one seed
+    assert best([(fast, mixed), (slow, scored[0][1])], "textbook") is slow  # did not grok: not a textbook setting
     assert median_steps([100, None, 300]) == 300 and median_steps([100, None, None]) is None
+
+
+def test_the_textbook_board_counts_only_the_seeds_that_grokked():
+    rows = [row(100, "comprehension"), row(300), row(None, "memorization"), row(250)]
+    assert counted_steps(rows, "fastest") == [100, 300, None, 250]
+    assert counted_steps(rows, "textbook") == [None, 300, None, 250]
 
 
 def test_the_lab_writes_both_leaderboards_for_every_method_and_trains_nothing_twice(tmp_path, capsys):

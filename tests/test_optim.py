@@ -105,6 +105,22 @@ def test_muon_step_from_rest_is_the_orthogonalized_gradient_scaled_to_adamw_rms(
     assert torch.equal(momentum, g)
 
 
+def test_muon_second_step_follows_its_nesterov_momentum():
+    """Step 2 from rest: momentum = 0.95 g1 + g2, the direction orthogonalizes g2 + 0.95 momentum (not the
+    momentum alone, nor g2 alone)."""
+    gen = torch.Generator().manual_seed(4)
+    w, g1, g2 = (torch.randn(1, 6, 4, generator=gen) for _ in range(3))
+    momentum = torch.zeros_like(w)
+    muon_(w, g1, momentum, lr=0.1, wd=0.5)
+    before = w.clone()
+    muon_(w, g2, momentum, lr=0.1, wd=0.5)
+    torch.testing.assert_close(momentum, 0.95 * g1 + g2)
+    nesterov = g2 + 0.95 * (0.95 * g1 + g2)
+    expected = before * (1 - 0.1 * 0.5) - 0.1 * 0.2 * math.sqrt(6) * newton_schulz(nesterov)
+    torch.testing.assert_close(w, expected)
+    assert not torch.allclose(newton_schulz(nesterov), newton_schulz(0.95 * g1 + g2), atol=1e-3)
+
+
 def test_muon_takes_the_hidden_matrices_and_leaves_embeddings_unembedding_and_biases_to_adamw():
     assert uses_muon("W_in", torch.zeros(1, 4, 4)) and uses_muon("W_Q", torch.zeros(1, 2, 4, 4))
     assert uses_muon("W_out", torch.zeros(1, 4, 4))
