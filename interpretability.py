@@ -20,7 +20,7 @@ from analysis import fourier
 from analysis.circuit import grid_activations
 from analysis.neurons import reindex_by_frequency
 from analysis.summary import analyze_checkpoint, findings, neuron_table
-from core.checkpoint import CheckpointError
+from core.checkpoint import CheckpointError, load_checkpoint, run_snapshots
 from core.utils import OutputDirError, check_output_dir, write_json
 
 
@@ -99,15 +99,23 @@ def run(checkpoint="checkpoints/model_final.pth", results_dir="results", draws: 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Mechanistic analysis of a trained checkpoint (ToyMLP or transformer).")
-    parser.add_argument("--checkpoint", default="checkpoints/model_final.pth", help="checkpoint to analyse")
+    parser.add_argument("--checkpoint", default="checkpoints/model_final.pth", help="checkpoint to analyse (train.py's, or a TransformerLens grokking-demo file)")
     parser.add_argument("--results-dir", default="results", help="folder for the JSON files and plots")
     parser.add_argument("--draws", type=int, default=5, help="random neuron sets per k in the ablation curves")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--progress", action="store_true",
-                        help="instead: progress measures over the snapshots next to --checkpoint (see progress.py)")
+                        help="instead: progress measures over the snapshots next to --checkpoint, or inside a "
+                             "TransformerLens grokking-demo file (see progress.py)")
     args = parser.parse_args(argv)
+    if args.progress and Path(args.checkpoint).is_file():
+        try:
+            load_checkpoint(args.checkpoint)
+        except CheckpointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.progress:
-        folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
+        path = Path(args.checkpoint)
+        folder = path if path.is_dir() or run_snapshots(path) else path.parent  # a demo file holds its snapshots
         flags = ["--checkpoint-dir", str(folder), "--results-dir", args.results_dir]
         return progress.main(flags + (["--quiet"] if args.quiet else []))
     try:

@@ -35,7 +35,8 @@ def plot_job(result: dict, results_dir="results") -> tuple[str, tuple, dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Progress measures over train.py's snapshots.")
-    parser.add_argument("--checkpoint-dir", default="checkpoints", help="folder with model_final.pth and snapshots/")
+    parser.add_argument("--checkpoint-dir", "--checkpoint", default="checkpoints",
+                        help="folder with model_final.pth and snapshots/, or a TransformerLens grokking-demo file")
     parser.add_argument("--results-dir", default="results", help="where progress_measures.{png,json} go")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

@@ -28,7 +28,7 @@ from analysis.circuit import Grid, grid_activations, hidden_input_power, model_k
 from analysis.neurons import reindex_by_frequency
 from analysis.progress_measures import describe
 from analysis.summary import findings
-from core.checkpoint import CheckpointError, load_model
+from core.checkpoint import CheckpointError, load_model, run_snapshots
 from core.utils import OutputDirError, atomic_write, check_output_dir
 from dataset import SYMBOLS
 
@@ -51,12 +51,12 @@ def load_run(checkpoint_dir="checkpoints", results_dir="results") -> dict:
             run[name] = None
     run["model"] = run["ckpt"] = run["grid"] = None
     try:
-        run["model"], run["ckpt"] = load_model(ckpt_dir / "model_final.pth")
+        run["model"], run["ckpt"] = load_model(ckpt_dir if ckpt_dir.is_file() else ckpt_dir / "model_final.pth")
         cfg = run["ckpt"]["config"]
         run["grid"] = Grid(cfg["p"], cfg["op"], run["ckpt"]["train_idx"], run["ckpt"]["test_idx"])
     except CheckpointError as err:
         run["notes"]["model"] = str(err)
-    run["snapshots"] = sorted((ckpt_dir / "snapshots").glob("epoch_*.pth"))
+    run["snapshots"] = run_snapshots(ckpt_dir) if run["ckpt"] is not None else []
     run["keys"] = ((run["analysis_summary"] or {}).get("key_frequencies")
                    or (model_key_frequencies(run["model"], run["grid"]) if run["model"] is not None else []))
     return run
@@ -425,7 +425,8 @@ def build_report(checkpoint_dir="checkpoints", results_dir="results", out=None, 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Write an interactive, self-contained HTML report of a run.")
-    parser.add_argument("--checkpoint-dir", default="checkpoints", help="folder with model_final.pth and snapshots/")
+    parser.add_argument("--checkpoint-dir", "--checkpoint", default="checkpoints",
+                        help="folder with model_final.pth and snapshots/, or a TransformerLens grokking-demo file")
     parser.add_argument("--results-dir", default="results", help="folder with the JSON files; report.html goes here")
     parser.add_argument("--neurons", type=int, default=32, help="neurons in the explorer (top by causal rank)")
     args = parser.parse_args(argv)

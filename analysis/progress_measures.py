@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from analysis import fourier
 from analysis.circuit import Grid, key_frequency_losses, model_key_frequencies, token_embedding
-from core.checkpoint import CheckpointError, load_model, same_run
+from core.checkpoint import CheckpointError, load_model, run_snapshots, same_run
 from core.utils import first_epoch_at, provenance
 from model import sum_squared_weights
 
@@ -111,17 +111,19 @@ def progress_measures(snapshot_paths, keys: list[int], reference: dict | None = 
 
 
 def replay(checkpoint_dir="checkpoints", progress=True) -> dict:
-    """Replay checkpoint_dir/snapshots with the key frequencies of checkpoint_dir/model_final.pth: the series of
-    measures, the training phases and the onsets (progress.py writes them)."""
-    if Path(checkpoint_dir).is_file():
-        raise CheckpointError(f"{checkpoint_dir} is a file: pass the folder that holds model_final.pth and snapshots/")
-    final_path = Path(checkpoint_dir) / "model_final.pth"
+    """Replay a run's snapshots with the key frequencies of its final model: checkpoint_dir is a folder holding
+    model_final.pth and snapshots/, or a TransformerLens grokking-demo file (its snapshots are inside). The
+    series of measures, the training phases and the onsets (progress.py writes them)."""
+    path = Path(checkpoint_dir)
+    final_path = path if path.is_file() else path / "model_final.pth"
     model, ckpt = load_model(final_path)
+    if path.is_file() and "snapshots" not in ckpt:
+        raise CheckpointError(f"{checkpoint_dir} is a file: pass the folder that holds model_final.pth and snapshots/")
     cfg = ckpt["config"]
     keys = model_key_frequencies(model, Grid(cfg["p"], cfg["op"], ckpt["train_idx"], ckpt["test_idx"]))
-    paths = sorted((Path(checkpoint_dir) / "snapshots").glob("epoch_*.pth"))
+    paths = run_snapshots(path)
     if not paths:
-        raise CheckpointError(f"no snapshots in {Path(checkpoint_dir) / 'snapshots'}: run `python train.py` first")
+        raise CheckpointError(f"no snapshots in {path / 'snapshots'}: run `python train.py` first")
     history = ckpt["history"]  # evaluated every few epochs: finer than the snapshots for the accuracies
     series = progress_measures(paths, keys, ckpt, progress)
     grokked = first_epoch_at(history, "test_acc")

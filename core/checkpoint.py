@@ -11,12 +11,17 @@ Every file is a dict of tensors and plain data, loadable with torch.load(weights
     train_idx, test_idx   the split, as indices into dataset.make_table(p, op)
     resumable files only: optimizer (state_dict), rng (torch, batch-order and embedding-noise generator
                 states; files from before --embed-noise lack the last)
+
+A file saved by TransformerLens 3's grokking demo loads too (core/tl_interop.py): as a checkpoint of this
+schema whose "snapshots" list holds the demo's checkpoints, so every script that takes a checkpoint takes it.
 """
+import functools
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from core.tl_interop import SAFE_GLOBALS, TLFormatError, demo_run, is_demo_file
 from core.transformer import Transformer
 from core.utils import atomic_write
 from model import ToyMLP
@@ -44,25 +49,41 @@ def save_checkpoint(path, **fields) -> None:
 
 def load_checkpoint(path) -> dict:
     path = Path(path)
+    if path.is_file():
+        stat = path.stat()
+        return _load_file(path.resolve(), stat.st_mtime_ns, stat.st_size)
+    return _load_file(path, 0, 0)
+
+
+@functools.lru_cache(maxsize=2)  # a demo file is converted once per process (its history is measured)
+def _load_file(path: Path, mtime_ns: int, size: int) -> dict:
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file: pass a .pth file in it "
                               "(model_final.pth to analyse, latest.pth to resume)")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: run `python train.py` first")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):  # a TransformerLens demo's config, as plain data
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or foreign pickles
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__})") from None
+    if is_demo_file(ckpt):
+        try:
+            return demo_run(ckpt, FORMAT)
+        except TLFormatError as err:
+            raise CheckpointError(f"{path} is a TransformerLens grokking-demo file, but {err}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by this repo's train.py")
     return ckpt
 
 
 def load_model(path, device="cpu"):
-    """Rebuild the model from the checkpoint's config and load its weights strictly.
+    """Rebuild the model from the checkpoint's config and load its weights strictly; `path` is a checkpoint
+    file or an already loaded checkpoint dict (a demo file's snapshot).
 
     Returns (model in eval mode on `device`, the checkpoint dict)."""
-    ckpt = load_checkpoint(path)
+    ckpt = path if isinstance(path, dict) else load_checkpoint(path)
+    path = f"snapshot at epoch {ckpt.get('epoch')}" if isinstance(path, dict) else path
     try:
         model = build_model(ckpt["config"]["model"])
         model.load_state_dict(ckpt["model"], strict=True)
@@ -70,6 +91,15 @@ def load_model(path, device="cpu"):
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path} does not fit its model config: {first_line}") from None
     return model.to(device).eval(), ckpt
+
+
+def run_snapshots(path) -> list:
+    """The snapshots of the run at `path`, sorted by epoch: a folder's snapshots/epoch_*.pth files, or the
+    checkpoints inside a TransformerLens demo file (dicts that load_model takes); [] when there are none."""
+    path = Path(path)
+    if path.is_file():
+        return load_checkpoint(path).get("snapshots", [])
+    return sorted((path / "snapshots").glob("epoch_*.pth"))
 
 
 def same_run(reference: dict, other: dict, path) -> None:
