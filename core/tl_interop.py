@@ -24,13 +24,13 @@ meeting point: TransformerLens 4's own convert_tl_checkpoint maps it to a bridge
 """
 import hashlib
 import math
-from dataclasses import asdict
 
 import numpy as np
 import torch
 
 from core.transformer import N_CTX, Transformer
-from model import ACTIVATIONS
+from dataset import make_table
+from model import ACTIVATIONS, cross_entropy_per_row, sum_squared_weights
 
 RENAMES = {"W_E": "embed.W_E", "W_pos": "pos_embed.W_pos", "W_Q": "blocks.0.attn.W_Q", "W_K": "blocks.0.attn.W_K",
            "W_V": "blocks.0.attn.W_V", "W_O": "blocks.0.attn.W_O", "W_in": "blocks.0.mlp.W_in",
@@ -40,7 +40,7 @@ ZERO_BIASES = ("blocks.0.attn.b_Q", "blocks.0.attn.b_K", "blocks.0.attn.b_V", "b
 BUFFERS = (".mask", ".IGNORE")  # HookedTransformer's causal mask and its -inf sentinel: no weights
 DEMO_KEYS = {"model", "config", "checkpoints", "checkpoint_epochs", "train_losses", "test_losses",
              "train_indices", "test_indices"}
-# The demo notebook's training settings; its file does not store them.
+# The demo notebook's settings (in Config's names); its file does not store the optimizer's.
 DEMO_TRAINING = {"op": "add", "lr": 1e-3, "weight_decay": 1.0, "beta1": 0.9, "beta2": 0.98, "loss_dtype": "float64",
                  "batch_size": 0, "stop_after_grok": 0.0, "data_seed": 598}
 
@@ -211,38 +211,46 @@ def is_demo_file(obj) -> bool:
     return isinstance(obj, dict) and DEMO_KEYS <= set(obj) and isinstance(obj["config"], TLConfigRecord)
 
 
+def measure(model: Transformer, a, b, y, splits: dict) -> dict:
+    """Loss (float64) and accuracy of each split (name -> indices), and the weight norm: train.py's evaluation."""
+    with torch.no_grad():
+        loss, correct = cross_entropy_per_row(model(a, b), y)
+    out = {}
+    for name, idx in splits.items():
+        out[f"{name}_loss"], out[f"{name}_acc"] = loss[idx].mean().item(), correct[idx].double().mean().item()
+    return out | {"weight_norm": sum_squared_weights(model)}
+
+
 def demo_run(obj: dict, checkpoint_format: str) -> dict:
     """A demo file (as torch.load returns it with SAFE_GLOBALS) as this lab's final checkpoint, with its
     snapshots under "snapshots" (a list of checkpoints, by epoch). The demo records losses only: the history is
     measured here on its snapshots (train and test loss and accuracy on its split, weight norm), one entry per
     snapshot. Epoch = optimizer steps taken: the demo's checkpoint_epochs count from 0, so its entry e is epoch e + 1."""
-    from core.training import evaluate, record  # here: core.training imports core.checkpoint, which imports this module
-    from dataset import ModularData, make_table
-
     fields = obj["config"].fields
     model = from_property_state(obj["model"], fields)
     p = model.p
     train_idx, test_idx = obj["train_indices"].sort().values, obj["test_indices"].sort().values
     if len(train_idx) + len(test_idx) != p * p or torch.cat([train_idx, test_idx]).unique().numel() != p * p:
         raise TLFormatError(f"its train and test indices are not a split of the {p * p} pairs (a, b)")
-    data = ModularData(p, "add", *make_table(p, "add"), train_idx, test_idx)
+    a, b, y = make_table(p, "add")  # a-major, as the demo's pairs
+    splits = {"train": train_idx, "test": test_idx}
     epochs = [int(e) + 1 for e in obj["checkpoint_epochs"]]
     final_epoch = len(obj["train_losses"])
     digest = hashlib.sha256(train_idx.numpy().tobytes() + obj["model"]["embed.W_E"].numpy().tobytes())
-    from config import Config  # the scripts' config, as every checkpoint stores it
-    config = asdict(Config(arch="transformer", p=p, train_frac=len(train_idx) / p ** 2, epochs=final_epoch,
-                           seed=int(fields.get("seed") or 0), d_model=model.d_model, n_heads=model.n_heads,
-                           d_mlp=model.d_mlp, activation=model.activation, **DEMO_TRAINING))
-    config |= {"model": model.config(), "imported_from": "TransformerLens grokking demo (Grokking_Demo.ipynb); "
-               "lr, weight decay and betas are the notebook's values, which its file does not store"}
+    config = {"p": p, "train_frac": len(train_idx) / p ** 2, "arch": "transformer", **DEMO_TRAINING,
+              "epochs": final_epoch, "seed": int(fields.get("seed") or 0), "label_noise": 0.0, "embed_noise": 0.0,
+              **{k: v for k, v in model.config().items() if k not in ("arch", "p")}, "model": model.config(),
+              "imported_from": "TransformerLens grokking demo (Grokking_Demo.ipynb); lr, weight decay and betas "
+                               "are the notebook's values, which its file does not store"}
     common = {"format": checkpoint_format, "run_id": "tl-demo-" + digest.hexdigest()[:12], "config": config,
               "train_idx": train_idx, "test_idx": test_idx}
-    snapshots, history = [], {"epoch": []}
-    for epoch, state in sorted(zip(epochs, obj["checkpoints"]), key=lambda pair: pair[0]):
-        snapshot = from_property_state(state, fields)
-        snapshots.append(common | {"model": snapshot.state_dict(), "epoch": epoch})
-        record(history, epoch, evaluate(snapshot, data))
+    history: dict[str, list] = {}
+    evaluated = [(epoch, from_property_state(state, fields))
+                 for epoch, state in sorted(zip(epochs, obj["checkpoints"]), key=lambda pair: pair[0])]
+    snapshots = [common | {"model": snapshot.state_dict(), "epoch": epoch} for epoch, snapshot in evaluated]
     if final_epoch not in epochs:
-        record(history, final_epoch, evaluate(model, data))
-    return common | {"model": model.state_dict(), "epoch": final_epoch, "history": history, "snapshots": snapshots,
-                     "demo_losses": {"train": list(obj["train_losses"]), "test": list(obj["test_losses"])}}
+        evaluated.append((final_epoch, model))
+    for epoch, snapshot in evaluated:
+        for key, value in ({"epoch": epoch} | measure(snapshot, a, b, y, splits)).items():
+            history.setdefault(key, []).append(value)
+    return common | {"model": model.state_dict(), "epoch": final_epoch, "history": history, "snapshots": snapshots}
