@@ -4,8 +4,8 @@ Playwright) that it loads offline without errors, that the dropdowns change the 
 curves.
 
 The browser tests skip with a reason where the playwright package or /usr/bin/chromium is missing. To redraw the
-docs' screenshot: python tests/test_sweep_page.py results/sweep.html docs/figures/sweep_page.png X Y
-(X, Y: the settings to show; the page's fullest cell is clicked).
+docs' screenshot: python tests/test_sweep_page.py results/sweep.html docs/figures/sweep_page.png X Y X_VALUE Y_VALUE
+(the settings on the axes, and the cell clicked).
 """
 import json
 import sqlite3
@@ -293,26 +293,20 @@ def test_the_real_sweep_page_draws_in_the_browser(browser, real_page):
 
 
 def screenshot(shown, png: Path) -> None:
-    """The dropdowns, the diagram and the curves (the page without its heading)."""
-    top = shown.evaluate("document.querySelector('p').getBoundingClientRect().top")
+    """The page from its heading to the bottom of the curves."""
     bottom = shown.evaluate("document.getElementById('run-curves').getBoundingClientRect().bottom")
-    shown.screenshot(path=str(png), clip={"x": 0, "y": top - 10, "width": 1400, "height": bottom - top + 20},
-                     full_page=True)
+    shown.screenshot(path=str(png), clip={"x": 0, "y": 0, "width": 1400, "height": bottom + 10}, full_page=True)
 
 
-if __name__ == "__main__":  # python tests/test_sweep_page.py PAGE.html OUT.png X Y
+if __name__ == "__main__":  # python tests/test_sweep_page.py PAGE.html OUT.png X Y X_VALUE Y_VALUE
     from playwright.sync_api import sync_playwright
 
-    html_path, png_path, x_name, y_name = sys.argv[1:5]
+    html_path, png_path, x_name, y_name, x_value, y_value = sys.argv[1:7]
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         shown, recorded = open_page(chromium, Path(html_path))
         choose(shown, x_name, y_name)
-        fullest = shown.evaluate("""() => { const d = document.getElementById('phase-diagram');
-            const cells = D.views[xSel.value + '|' + ySel.value].cells;
-            const k = cells.reduce((best, c, i) => c.runs.length > cells[best].runs.length ? i : best, 0);
-            const [x, y] = cells[k].place.split(', ').map(s => s.split(' = ')[1]); return [x, y]; }""")
-        click_cell(shown, *fullest)
+        click_cell(shown, x_value, y_value)  # the mouse stays there: its hover shows in the picture
         shown.wait_for_timeout(500)
         screenshot(shown, Path(png_path))
         chromium.close()
