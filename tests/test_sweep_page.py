@@ -129,8 +129,13 @@ def test_histories_are_cut_to_max_points_keeping_the_bar_crossings():
     assert page.downsample(history(20, 400, end=100)) == {k: v[1:] for k, v in history(20, 400, end=100).items()}
 
 
+def one_setting_db(folder: Path) -> Path:
+    """train_frac 0.3 (two grokking seeds) and 0.5 (one comprehension run): one swept setting."""
+    return write_db(folder / "one.sqlite", {k: v for k, v in HAND_RUNS.items() if k[1] == 1.0 and k[2] == 0.03})
+
+
 def test_one_swept_setting_gives_a_one_row_diagram(tmp_path):
-    db = write_db(tmp_path / "one.sqlite", {k: v for k, v in HAND_RUNS.items() if k[1] == 1.0 and k[2] == 0.03})
+    db = one_setting_db(tmp_path)
     data = page.page_data(page.load_runs(db), db)
     assert (data["x_choices"], data["y_choices"]) == (["train_frac"], [page.ONE_ROW])
     view = data["views"][f"train_frac|{page.ONE_ROW}"]
@@ -282,6 +287,15 @@ def test_clicking_a_cell_draws_the_curves_of_its_runs(hand_page):
     assert curves(shown)["title"].startswith("train_frac = 0.5, weight_decay = 1: 1/2 comprehension")
     click_cell(shown, "0.5", "0.3")  # no runs there: the curves stay
     assert curves(shown)["traces"] == 4 and events["errors"] == []
+
+
+def test_a_one_row_page_draws_and_its_cells_click(browser, tmp_path):
+    shown, events = open_page(browser, page.build_sweep_page(one_setting_db(tmp_path)))
+    assert diagram(shown)["y"] == [""] and shown.input_value("#y-setting") == page.ONE_ROW
+    click_cell(shown, "0.3", "")
+    shown.wait_for_function("document.getElementById('run-curves').data.length === 4")  # two seeds
+    assert curves(shown)["names"][0] == "train, seed 0 (grokking)" and events["errors"] == []
+    shown.close()
 
 
 def test_the_real_sweep_page_draws_in_the_browser(browser, real_page):
