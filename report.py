@@ -429,12 +429,20 @@ def main(argv=None) -> int:
                         help="folder with model_final.pth and snapshots/, or a TransformerLens grokking-demo file")
     parser.add_argument("--results-dir", default="results", help="folder with the JSON files; report.html goes here")
     parser.add_argument("--neurons", type=int, default=32, help="neurons in the explorer (top by causal rank)")
+    parser.add_argument("--sweep", metavar="DB", help="instead of a run's report: the page of this sweep database "
+                        "(sweeps/page.py), written beside it (results/sweep.sqlite -> results/sweep.html)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    refused = (OutputDirError, OSError)
     try:
-        check_output_dir(args.results_dir, "--results-dir")
-        path = build_report(args.checkpoint_dir, args.results_dir, top=args.neurons)
-    except (OutputDirError, OSError) as err:
+        if args.sweep:
+            from sweeps.page import build_sweep_page  # only this mode needs the sweep modules
+            refused += (ValueError,)  # SweepDBError, SweepPageError: a database the page cannot show
+            path = build_sweep_page(args.sweep)
+        else:
+            check_output_dir(args.results_dir, "--results-dir")
+            path = build_report(args.checkpoint_dir, args.results_dir, top=args.neurons)
+    except refused as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s): "
