@@ -28,6 +28,7 @@ from analysis.circuit import Grid, grid_activations, hidden_input_power, model_k
 from analysis.neurons import reindex_by_frequency
 from analysis.progress_measures import describe
 from analysis.summary import findings
+from config import ARCH_FLAGS
 from core.checkpoint import CheckpointError, load_model, run_snapshots
 from core.utils import OutputDirError, atomic_write, check_output_dir
 from dataset import SYMBOLS
@@ -75,22 +76,33 @@ def command(run: dict, which: str) -> str:
     return base + flags
 
 
-def snapshot_series(paths, grid, keys: list[int], measured: dict | None = None) -> list[dict]:
-    """Per snapshot: epoch, the embedding's power share per frequency, key share, train/test accuracy. The
-    accuracies come from `measured` (progress_measures.json's series, the same grid.score per snapshot) where
-    it has the snapshot's epoch, else they are measured here."""
-    known = {} if measured is None else {e: (tr, te) for e, tr, te in
-                                         zip(measured["epoch"], measured["train_acc"], measured["test_acc"])}
+def snapshot_epoch(snapshot) -> int:
+    """A snapshot's epoch without loading it: train.py names its files epoch_NNNNN.pth; a demo file's are dicts."""
+    return snapshot["epoch"] if isinstance(snapshot, dict) else int(Path(snapshot).stem.split("_")[-1])
+
+
+def snapshot_series(snapshots, grid, keys: list[int], measured: dict | None = None) -> list[dict]:
+    """Per snapshot: epoch, the embedding's power share per frequency, key share, train/test accuracy. Taken from
+    `measured` (progress_measures.json's series: the same measures of the same snapshots) where it has every
+    snapshot's epoch; otherwise each snapshot is loaded and measured here."""
+    epochs = [snapshot_epoch(s) for s in snapshots]
+    if measured and measured.get("embedding_power") and set(epochs) <= set(measured["epoch"]):
+        rows = zip(measured["epoch"], measured["embedding_power"], measured["train_acc"], measured["test_acc"])
+        found = {e: (torch.tensor(power, dtype=torch.float64), tr, te) for e, power, tr, te in rows}
+        return [series_row(e, *found[e], keys) for e in sorted(epochs)]
     out = []
     with torch.no_grad():
-        for path in paths:
-            model, ckpt = load_model(path)
+        for snapshot in snapshots:
+            model, ckpt = load_model(snapshot)
             power = fourier.power_per_frequency(grid.basis.table(token_embedding(model)))
-            train_acc, test_acc = known.get(ckpt["epoch"]) or (grid.score(model, "train")[1],  # chunk by chunk
-                                                               grid.score(model, "test")[1])
-            out.append({"epoch": ckpt["epoch"], "share": (power / power.sum()).numpy(),
-                        "key_share": fourier.power_fraction(power, keys), "train_acc": train_acc, "test_acc": test_acc})
+            out.append(series_row(ckpt["epoch"], power, grid.score(model, "train")[1], grid.score(model, "test")[1],
+                                  keys))
     return sorted(out, key=lambda s: s["epoch"])
+
+
+def series_row(epoch: int, power: torch.Tensor, train_acc: float, test_acc: float, keys: list[int]) -> dict:
+    return {"epoch": epoch, "share": (power / power.sum()).numpy(), "key_share": fourier.power_fraction(power, keys),
+            "train_acc": train_acc, "test_acc": test_acc}
 
 
 def neuron_activations(model, grid, neurons: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -368,8 +380,9 @@ def config_html(run: dict) -> str:
     config = (run["training_summary"] or {}).get("config") or (run["ckpt"] or {}).get("config")
     if not config:
         return f"<p class='missing'>{_md('Missing config: run `' + command(run, 'train') + '`.')}</p>"
+    other_arch = {f for flags in ARCH_FLAGS.values() for f in flags} - set(ARCH_FLAGS.get(config.get("arch"), ()))
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in config.items()
-                   if not isinstance(v, dict))
+                   if not isinstance(v, dict) and k not in other_arch)  # only the run's architecture's fields
     return f"<table>{rows}</table>"
 
 

@@ -39,12 +39,14 @@ def snapshot_measures(model, grid: Grid, keys: list[int]) -> dict:
         test_loss, test_acc = grid.score(model, "test")
         key_losses = (key_frequency_losses(model, grid, keys) if grid.basis is not None  # no basis: not measured
                       else {"restricted_loss": None, "excluded_loss": None})
+        power = (fourier.power_per_frequency(grid.basis.table(token_embedding(model)))
+                 if grid.basis is not None else None)
         return {
             "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
             "restricted_loss": key_losses["restricted_loss"], "excluded_loss": key_losses["excluded_loss"],
-            "fourier_gini": fourier.gini(fourier.power_per_frequency(grid.basis.table(token_embedding(model))))
-                            if grid.basis is not None else None,
+            "fourier_gini": fourier.gini(power) if power is not None else None,
             "weight_norm": sum_squared_weights(model),
+            "embedding_power": power.tolist() if power is not None else None,  # per frequency: report.py's slider
         }
 
 

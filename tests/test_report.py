@@ -18,7 +18,7 @@ import interpretability  # noqa: E402
 import progress  # noqa: E402
 import report  # noqa: E402
 from config import Config  # noqa: E402
-from core.checkpoint import load_model  # noqa: E402
+from core.checkpoint import CheckpointError, load_model  # noqa: E402
 from core.training import train  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -62,19 +62,34 @@ def test_the_page_is_one_offline_file_with_every_part(page_path):
     assert page_path.stat().st_size <= MAX_BYTES
 
 
-def test_the_slider_takes_the_replayed_accuracies_of_the_same_run_only(run):
-    """progress_measures.json's per-snapshot accuracies (the same grid.score) stand in for a second replay,
-    snapshot by snapshot."""
+def test_the_slider_takes_the_spectra_progress_measured_without_loading_a_snapshot(run):
+    """progress_measures.json's per-snapshot spectra and accuracies (the same measures of the same snapshots) stand in
+    for a second replay: equal numbers, and no snapshot file is opened (paths that do not exist still work)."""
     loaded = report.load_run(*run)
     measured = loaded["progress_measures"]["series"]
     fresh = report.snapshot_series(loaded["snapshots"], loaded["grid"], loaded["keys"])
-    reused = report.snapshot_series(loaded["snapshots"], loaded["grid"], loaded["keys"], measured)
+    missing_files = [p.parent / "gone" / p.name for p in loaded["snapshots"]]
+    reused = report.snapshot_series(missing_files, loaded["grid"], loaded["keys"], measured)
     assert [s["epoch"] for s in reused] == [s["epoch"] for s in fresh] == measured["epoch"]
     for a, b in zip(fresh, reused):
-        assert (a["train_acc"], a["test_acc"]) == (b["train_acc"], b["test_acc"]) and a["key_share"] == b["key_share"]
+        assert (a["train_acc"], a["test_acc"]) == (b["train_acc"], b["test_acc"])
+        assert a["key_share"] == pytest.approx(b["key_share"], rel=1e-6)
+        assert a["share"] == pytest.approx(b["share"], rel=1e-6, abs=1e-12)
     swapped = measured | {"train_acc": measured["test_acc"], "test_acc": measured["train_acc"]}
     assert report.snapshot_series(loaded["snapshots"], loaded["grid"], loaded["keys"], swapped)[-1]["train_acc"] \
         == measured["test_acc"][-1]  # the accuracies are taken from the series as given
+    older = {k: v for k, v in measured.items() if k != "embedding_power"}  # a progress_measures.json without spectra
+    with pytest.raises(CheckpointError):
+        report.snapshot_series(missing_files, loaded["grid"], loaded["keys"], older)  # so it replays
+
+
+def test_the_config_table_lists_only_the_runs_architecture(run, tmp_path):
+    mlp = report.config_html(report.load_run(*run))
+    assert "<th>d_hidden</th>" in mlp and "<th>d_model</th>" not in mlp and "<th>activation</th>" in mlp
+    config = report.load_run(*run)["ckpt"]["config"] | {"arch": "transformer"}
+    transformer = report.config_html({"training_summary": {"config": config}, "ckpt": None})
+    assert "<th>d_model</th>" in transformer and "<th>n_heads</th>" in transformer
+    assert "<th>d_embed</th>" not in transformer and "<th>d_hidden</th>" not in transformer
 
 
 def test_the_page_passes_the_series_on_only_for_the_same_run(run, monkeypatch):
