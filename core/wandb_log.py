@@ -32,12 +32,14 @@ def run_name(config: dict, settings=()) -> str:
 class RunLog:
     """One W&B run, open from construction to finish()."""
 
-    def __init__(self, project: str, config: dict, name: str, group: str | None = None):
+    def __init__(self, project: str, config: dict, name: str, group: str | None = None, silent: bool = False):
         check_installed()
         import wandb
 
         self._wandb = wandb
-        self.run = wandb.init(project=project, config=config, name=name, group=group, reinit="create_new")
+        settings = wandb.Settings(silent=True) if silent else None  # silent: none of wandb's own lines
+        self.run = wandb.init(project=project, config=config, name=name, group=group, reinit="create_new",
+                              settings=settings)
         self.logged = 0  # history rows logged so far
         self.step = 0  # the epoch of the last one
 
@@ -59,9 +61,9 @@ class RunLog:
 
 
 def log_run(project: str, config: dict, history: dict | None, summary: dict, name: str, group: str | None = None,
-            exit_code: int = 0) -> None:
+            exit_code: int = 0, silent: bool = False) -> None:
     """Log a finished run (its config, whole history and summary) as one W&B run."""
-    log = RunLog(project, config, name, group)
+    log = RunLog(project, config, name, group, silent)
     if history:
         log.history(history)
     log.finish(summary, exit_code=exit_code)
