@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from config import ARCH_DEFAULTS, ARCH_FLAGS, Config, parse_sets, validate
 from core.utils import OutputDirError, check_output_dir, provenance
-from core.wandb_log import check_installed
+from core.wandb_log import import_wandb, log_run, run_name
 from sweeps import database, runner
 from sweeps.regimes import REGIME_RULE, REGIMES, draw_phase_diagram
 from sweeps.runner import Interrupted, SweepError
@@ -106,8 +106,6 @@ def sweep(conn, configs: list[Config], analyze: bool = False, save_checkpoints=N
 def log_to_wandb(record: dict, show, group: str | None) -> None:
     """One W&B run in the record's project (Config.wandb): its Config, the stored history and summary row (with
     the run's key hash, regime and status); a diverged run is marked failed."""
-    from core.wandb_log import log_run, run_name  # the optional dependency, imported only when asked for
-
     summary = record["summary"] | {k: record[k] for k in ("config_hash", "regime", "status")}
     log_run(record["config"]["wandb"], record["config"], record["history"], summary,
             run_name(record["config"], show), group, exit_code=0 if record["status"] == "done" else 1,
@@ -272,7 +270,7 @@ def main(argv=None) -> int:
         parser.error(f"--set: {foreign[0]} does not apply to --arch {args.arch}")
     if args.wandb and not args.diagram_only:
         try:
-            check_installed()
+            import_wandb()  # wandb missing: one error line before anything is trained
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

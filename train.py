@@ -22,7 +22,7 @@ from config import Config, check_memory, config_from_args, validate
 from core.checkpoint import CheckpointError
 from core.training import NonFiniteLoss, StoppedAtOnce, reached_stop_rule, train
 from core.utils import check_output_dir, first_epoch_at, resolve_device
-from core.wandb_log import check_installed
+from core.wandb_log import import_wandb
 
 
 def check_unfinished(resume: dict, cfg: Config, path) -> None:
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         check_output_dir(cfg.checkpoint_dir, "--checkpoint-dir")
         check_output_dir(cfg.results_dir, "--results-dir")
         if cfg.wandb:
-            check_installed()
+            import_wandb()  # wandb missing: one error line before anything is trained
     except (ValueError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from config import ARCH_NAMES, LOSS_DTYPES, Config, model_config
 from core.checkpoint import CheckpointError, build_model, save_checkpoint
 from core.optim import Method, MethodsOptimizer, training_loss
 from core.utils import first_epoch_at, provenance, resolve_device, write_json
+from core.wandb_log import RunLog, run_name
 from dataset import SYMBOLS, make_data
 from model import cross_entropy_per_row, sum_squared_weights
 from plots import draw
@@ -251,8 +252,6 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True, plot: 
     earlier ones first, so the W&B run holds the whole history), the summary and the training curves."""
     if not cfg.wandb:
         return train_run(cfg, resume, progress, plot)
-    from core.wandb_log import RunLog, run_name  # the optional dependency, imported only when asked for
-
     log = RunLog(cfg.wandb, asdict(cfg), run_name(asdict(cfg)))
     try:
         summary = train_run(cfg, resume, progress, plot, on_history=log.history)

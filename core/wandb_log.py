@@ -11,13 +11,15 @@ under WANDB_DIR (default ./wandb) for a later `wandb sync`.
     log.history(history)                    # the evaluations not logged yet (call it after each one)
     log.finish(summary, figures={"training_curves": "results/training_curves.png"})
 """
+import importlib
+
 INSTALL_HINT = "pip install -r requirements-interop.txt"
 
 
-def check_installed() -> None:
-    """Raise ValueError (one sentence saying how to install it) if wandb cannot be imported."""
+def import_wandb():
+    """The wandb module; ValueError (one sentence saying how to install it) if it cannot be imported."""
     try:
-        import wandb  # noqa: F401
+        return importlib.import_module("wandb")
     except ImportError:
         raise ValueError(f"--wandb needs the wandb package: {INSTALL_HINT}") from None
 
@@ -33,10 +35,7 @@ class RunLog:
     """One W&B run, open from construction to finish()."""
 
     def __init__(self, project: str, config: dict, name: str, group: str | None = None, silent: bool = False):
-        check_installed()
-        import wandb
-
-        self._wandb = wandb
+        self._wandb = wandb = import_wandb()
         settings = wandb.Settings(silent=True) if silent else None  # silent: none of wandb's own lines
         self.run = wandb.init(project=project, config=config, name=name, group=group, reinit="create_new",
                               settings=settings)

@@ -3,6 +3,7 @@ offline run files wandb writes (WANDB_MODE=offline; nothing leaves the machine),
 import importlib.util
 import json
 import struct
+import subprocess
 import sys
 import zlib
 from dataclasses import asdict, replace
@@ -13,6 +14,7 @@ import pytest
 import sweep
 import train
 from config import Config, config_from_args, parse_sets
+from conftest import ROOT
 from core.checkpoint import load_checkpoint
 from sweeps import database
 
@@ -94,11 +96,19 @@ def read_run(run_dir: Path) -> dict:
         elif kind == "summary":
             for item in record.summary.update:
                 put(run["summary"], item)
+        elif kind == "exit":
+            run["exit_code"] = record.exit.exit_code
+    assert "exit_code" in run, f"{run_dir} was not closed"
     run["config"].pop("_wandb", None)
     return run
 
 
 def read_runs(wandb_dir: Path) -> list[dict]:
+    """The offline runs under wandb_dir, once wandb has written them out: run.finish() may return before its
+    writer has flushed the file, so wandb's service is shut down first (as at the end of a process)."""
+    import wandb
+
+    wandb.teardown()
     return [read_run(d) for d in sorted(wandb_dir.glob("offline-run-*"))]
 
 
@@ -132,7 +142,7 @@ def test_train_logs_config_every_evaluation_summary_and_curves(tmp_path, offline
     assert {k: run["summary"][k] for k in summary} == summary
     curves = run["history"][-1]["training_curves"]
     assert curves["_type"] == "image-file" and (run["files"] / curves["path"]).is_file()
-    assert run["name"] == "mlp add mod 23, seed 0"
+    assert run["name"] == "mlp add mod 23, seed 0" and run["exit_code"] == 0
 
 
 @needs_wandb
@@ -157,6 +167,12 @@ def test_without_wandb_the_flag_exits_2_before_training(tmp_path, monkeypatch, c
                        str(tmp_path / "sweep.sqlite"), "--out", str(tmp_path / "out/sweep.json")]) == 2
     assert capsys.readouterr().err == MISSING
     assert not (tmp_path / "sweep.sqlite").exists()
+
+
+@pytest.mark.subprocess
+def test_wandb_is_imported_only_when_asked_for():
+    code = "import sys, train, sweep, core.training; sys.exit('wandb' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
 def test_the_project_is_bookkeeping_set_by_the_flag_only():
