@@ -20,8 +20,8 @@ from dataset import OPS, check_args, table_size, train_size
 from model import ACTIVATIONS, activation_function
 
 
-def _f(default, help, group):
-    return field(default=default, metadata={"help": help, "group": group})
+def _f(default, help, group, metavar=None):
+    return field(default=default, metadata={"help": help, "group": group, "metavar": metavar})
 
 
 @dataclass
@@ -80,6 +80,9 @@ class Config:
     snapshot_every: int = _f(25, "model snapshot every N epochs (plus log-spaced ones before that)", "bookkeeping")
     checkpoint_dir: str = _f("checkpoints", "folder for checkpoints", "bookkeeping")
     results_dir: str = _f("results", "folder for plots and the summary JSON", "bookkeeping")
+    wandb: str = _f("", "also log the run to this Weights & Biases project (config, every evaluation, summary, "
+                        "training curves; WANDB_MODE=offline keeps it on this machine; needs pip install -r "
+                        "requirements-interop.txt); empty = off", "bookkeeping", "PROJECT")
 
 
 # Each architecture's own flags, and the defaults it brings (chosen by measurement, see the README);
@@ -100,7 +103,7 @@ PRESETS = {
 }
 # Settings that may change when resuming; the rest define the run and come from the checkpoint.
 RESUME_OVERRIDABLE = {"epochs", "stop_after_grok", "device", "eval_every", "checkpoint_every",
-                      "snapshot_every", "checkpoint_dir", "results_dir"}
+                      "snapshot_every", "checkpoint_dir", "results_dir", "wandb"}
 
 
 def validate(cfg: Config) -> None:
@@ -197,7 +200,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         if f.type is bool:  # a switch: --orthograd
             group.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", default=default, help=help)
         else:
-            group.add_argument(f"--{f.name.replace('_', '-')}", type=f.type, default=default, help=help)
+            group.add_argument(f"--{f.name.replace('_', '-')}", type=f.type, default=default, help=help,
+                               metavar=f.metadata["metavar"])
     return parser
 
 
@@ -240,7 +244,7 @@ def config_from_args(argv) -> tuple[Config, dict | None, argparse.Namespace]:
 
 # Settings that sweep.py sets itself, and the flag that does it.
 MANAGED = {"p": "--primes", "seed": "--seeds", "arch": "--arch", "checkpoint_dir": "--save-checkpoints",
-           "results_dir": "nothing (each run writes its plots into a temporary folder)"}
+           "results_dir": "nothing (each run writes its plots into a temporary folder)", "wandb": "--wandb"}
 
 
 def parse_sets(items, allow=()) -> dict[str, list]:

@@ -12,9 +12,11 @@ as Ray tasks (--backend ray). Every finished chunk is stored at once in results/
 stored yet, so an interrupted sweep loses at most the chunks in flight. results/sweep.csv and
 results/sweep.json are exported from the database for this command's grid; a grid over exactly two settings
 besides the seed (or --diagram X Y) also draws results/phase_diagram.png. Checkpoints go to a temporary folder
-unless --save-checkpoints DIR keeps them in DIR/<config hash>/.
+unless --save-checkpoints DIR keeps them in DIR/<config hash>/. With --wandb PROJECT each run trained is also
+logged to Weights & Biases (core/wandb_log.py), one W&B run per model, grouped by the grid.
 """
 import argparse
+import hashlib
 import itertools
 import statistics
 import subprocess
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from config import ARCH_DEFAULTS, ARCH_FLAGS, Config, parse_sets, validate
 from core.utils import OutputDirError, check_output_dir, provenance
+from core.wandb_log import import_wandb, log_run, run_name
 from sweeps import database, runner
 from sweeps.regimes import REGIME_RULE, REGIMES, draw_phase_diagram
 from sweeps.runner import Interrupted, SweepError
@@ -68,10 +71,11 @@ def is_done(record: dict | None, analyze: bool, save_checkpoints) -> bool:
 
 def sweep(conn, configs: list[Config], analyze: bool = False, save_checkpoints=None, show=(), engine="batched",
           chunk: int = 0, backend: str = "local", workers: int = 1, threads: int = 1,
-          address: str | None = None) -> tuple[int, int]:
+          address: str | None = None, wandb_group: str | None = None) -> tuple[int, int]:
     """Train the configurations not yet done in the database `conn`, storing each chunk as it finishes (one
     transaction per chunk; runner.py cuts the grid and runs it). show: the settings to name in each run's
-    line. Returns (trained, skipped)."""
+    line. Each stored run whose Config names a W&B project (Config.wandb) is then logged there, in W&B group
+    `wandb_group`. Returns (trained, skipped)."""
     stored = {r["config_hash"]: r for r in database.get_runs(conn, [database.config_hash(c) for c in configs],
                                                              history=False)}
     todo = [c for c in configs if not is_done(stored.get(database.config_hash(c)), analyze, save_checkpoints)]
@@ -83,6 +87,8 @@ def sweep(conn, configs: list[Config], analyze: bool = False, save_checkpoints=N
            else "")
     print(f"sweep: {len(configs)} runs in the grid; {skipped} already in the database (skipped), "
           f"{len(todo)} to train{how}", flush=True)
+    if todo and todo[0].wandb:
+        print(f"sweep: logging each run trained to W&B project {todo[0].wandb}, group {wandb_group}", flush=True)
     commit = git_commit()
     with tqdm(total=len(todo), desc="sweep", unit="run", disable=not todo) as bar:
         for records in runner.run_chunks(chunks, backend, workers, threads, address, analyze=analyze,
@@ -90,9 +96,26 @@ def sweep(conn, configs: list[Config], analyze: bool = False, save_checkpoints=N
             database.put_runs(conn, records)
             for record in records:
                 bar.write(format_row(database.flat_row(record), show))
+                if record["config"].get("wandb"):
+                    log_to_wandb(record, show, wandb_group)
             bar.update(len(records))
             sys.stdout.flush()  # each run's line reaches a log file (nohup) at once
     return len(todo), skipped
+
+
+def log_to_wandb(record: dict, show, group: str | None) -> None:
+    """One W&B run in the record's project (Config.wandb): its Config, the stored history and summary row (with
+    the run's key hash, regime and status); a diverged run is marked failed."""
+    summary = record["summary"] | {k: record[k] for k in ("config_hash", "regime", "status")}
+    log_run(record["config"]["wandb"], record["config"], record["history"], summary,
+            run_name(record["config"], show), group, exit_code=0 if record["status"] == "done" else 1,
+            silent=True)  # the sweep prints its own line per run
+
+
+def wandb_group(hashes) -> str:
+    """The W&B group of a sweep's runs, named after its grid: the same command run again (to finish an
+    interrupted sweep) logs into the same group."""
+    return "sweep-" + hashlib.sha256(" ".join(sorted(hashes)).encode()).hexdigest()[:8]
 
 
 def _fmt(value) -> str:
@@ -224,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", default=None,
                         help="with --backend ray: the head node's HOST:PORT (ray start --head prints it), or auto; "
                              "default: start a local Ray instance")
+    parser.add_argument("--wandb", metavar="PROJECT", default="",
+                        help="also log each run trained now to this Weights & Biases project (one W&B run per model: "
+                             "its Config, history and summary row, logged when its chunk is stored; runs reused from "
+                             "the database are not logged again), grouped as sweep-<hash of the grid>; "
+                             "WANDB_MODE=offline keeps them on this machine. Needs pip install -r "
+                             "requirements-interop.txt. Not part of a run's key")
     parser.add_argument("--diagram-only", action="store_true",
                         help="train nothing: draw --diagram from the runs of this grid already in --db")
     return parser
@@ -239,7 +268,13 @@ def main(argv=None) -> int:
     foreign = [k for flags in ARCH_FLAGS.values() for k in flags if k in sets and k not in ARCH_FLAGS[args.arch]]
     if foreign:
         parser.error(f"--set: {foreign[0]} does not apply to --arch {args.arch}")
-    base = replace(Config(**ARCH_DEFAULTS[args.arch]), arch=args.arch)
+    if args.wandb and not args.diagram_only:
+        try:
+            import_wandb()  # wandb missing: one error line before anything is trained
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    base = replace(Config(**ARCH_DEFAULTS[args.arch]), arch=args.arch, wandb=args.wandb)
     configs = expand_grid(base, sets, args.primes, args.seeds)
     try:
         for cfg in configs:
@@ -296,7 +331,7 @@ def main(argv=None) -> int:
         try:
             sweep(conn, configs, analyze=args.analyze, save_checkpoints=args.save_checkpoints, show=show,
                   engine=args.engine, chunk=args.chunk, backend=args.backend, workers=workers,
-                  threads=args.threads, address=args.address)
+                  threads=args.threads, address=args.address, wandb_group=wandb_group(hashes))
         except (Interrupted, KeyboardInterrupt):
             done = len(database.get_runs(conn, hashes, history=False))
             print(f"\nerror: interrupted; {done} of the grid's {len(configs)} runs are stored in {args.db}. "

@@ -5,11 +5,12 @@
     python train.py --arch transformer    # the 1-layer transformer of Nanda et al. 2023
     python train.py --preset classic      # the common write-up recipe (minibatch 64, 80% train)
     python train.py --label-noise 0.1     # noise robustness: 10% wrong training labels (or --embed-noise S)
+    python train.py --wandb grokking      # also log it to a Weights & Biases project (docs/training.md)
     python train.py --resume checkpoints/latest.pth
 
 Writes checkpoints/{model_final,latest}.pth, checkpoints/snapshots/epoch_*.pth,
-results/training_curves.png and results/training_summary.json. The settings are config.py's Config; the
-loop itself is core/training.py's train(), which a notebook calls directly.
+results/training_curves.png and results/training_summary.json (and with --wandb a W&B run). The settings are
+config.py's Config; the loop itself is core/training.py's train(), which a notebook calls directly.
 """
 import sys
 from dataclasses import asdict
@@ -21,6 +22,7 @@ from config import Config, check_memory, config_from_args, validate
 from core.checkpoint import CheckpointError
 from core.training import NonFiniteLoss, StoppedAtOnce, reached_stop_rule, train
 from core.utils import check_output_dir, first_epoch_at, resolve_device
+from core.wandb_log import import_wandb
 
 
 def check_unfinished(resume: dict, cfg: Config, path) -> None:
@@ -45,6 +47,8 @@ def main(argv=None) -> int:
             check_unfinished(resume, cfg, args.resume)
         check_output_dir(cfg.checkpoint_dir, "--checkpoint-dir")
         check_output_dir(cfg.results_dir, "--results-dir")
+        if cfg.wandb:
+            import_wandb()  # wandb missing: one error line before anything is trained
     except (ValueError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

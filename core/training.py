@@ -20,6 +20,7 @@ from config import ARCH_NAMES, LOSS_DTYPES, Config, model_config
 from core.checkpoint import CheckpointError, build_model, save_checkpoint
 from core.optim import Method, MethodsOptimizer, training_loss
 from core.utils import first_epoch_at, provenance, resolve_device, write_json
+from core.wandb_log import RunLog, run_name
 from dataset import SYMBOLS, make_data
 from model import cross_entropy_per_row, sum_squared_weights
 from plots import draw
@@ -246,7 +247,29 @@ def restore(resume: dict, data, model, optimizer, batch_gen, noise_gen) -> tuple
 
 def train(cfg: Config, resume: dict | None = None, progress: bool = True, plot: bool = True) -> dict:
     """Train with `cfg` (or continue the checkpoint `resume`); returns the summary dict. plot=False leaves
-    results/training_curves.png to the caller (training_curves_job)."""
+    results/training_curves.png to the caller (training_curves_job). With cfg.wandb, also logs the run to that
+    Weights & Biases project (core/wandb_log.py): the Config, each evaluation as it is recorded (a resumed run's
+    earlier ones first, so the W&B run holds the whole history), the summary and the training curves."""
+    if not cfg.wandb:
+        return train_run(cfg, resume, progress, plot)
+    log = RunLog(cfg.wandb, asdict(cfg), run_name(asdict(cfg)))
+    try:
+        summary = train_run(cfg, resume, progress, plot, on_history=log.history)
+    except BaseException:  # diverged, stopped at once, or failed: the W&B run ends as failed
+        log.finish(exit_code=1)
+        raise
+    if summary["stopped"] == "interrupted":
+        log.finish(exit_code=130)
+    else:
+        log.finish(summary, {"training_curves": Path(cfg.results_dir) / "training_curves.png"} if plot else None)
+    return summary
+
+
+def train_run(cfg: Config, resume: dict | None = None, progress: bool = True, plot: bool = True,
+              on_history=None) -> dict:
+    """train() without the W&B run: on_history(history), if given, is called with the run's history once it is
+    set up (empty, or a resumed run's) and after each evaluation is recorded in it."""
+    on_history = on_history or (lambda history: None)
     device = resolve_device(cfg.device)
     data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed, cfg.label_noise).to(device)
     torch.manual_seed(cfg.seed)
@@ -267,6 +290,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True, plot: 
         start_epoch, step_seconds = 0, 0.0
         for old in (ckpt_dir / "snapshots").glob("epoch_*.pth"):
             old.unlink()  # snapshots of an earlier run would mix with this one's
+    on_history(history)
 
     run_epoch = epoch_runner(model, optimizer, data, cfg, full_batch, batch_gen, noise_gen)
     steps_per_epoch = 1 if full_batch else math.ceil(len(data.train_idx) / cfg.batch_size)
@@ -304,6 +328,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True, plot: 
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                 metrics = evaluate(model, data) | {"seconds": time.perf_counter() - wall_start}
                 record(history, epoch, metrics)
+                on_history(history)
                 if progress:
                     bar.write(format_log_line(epoch, metrics))
                 bar.set_postfix(train=f"{metrics['train_acc']:.0%}", test=f"{metrics['test_acc']:.0%}")
@@ -327,6 +352,7 @@ def train(cfg: Config, resume: dict | None = None, progress: bool = True, plot: 
         save(ckpt_dir / "snapshots" / f"epoch_{epoch:05d}.pth", epoch)
     if history["epoch"][-1:] != [epoch]:  # stopped between evaluations
         record(history, epoch, evaluate(model, data) | {"seconds": wall_seconds})
+        on_history(history)
     save(ckpt_dir / "model_final.pth", epoch)
     return summarize(cfg, history, epoch, stopped, wall_seconds, step_seconds / (epoch * steps_per_epoch), run_id,
                      int(data.corrupted_train.sum()), plot)

@@ -23,9 +23,10 @@ from core.utils import atomic_write
 SCHEMA = "grokking-sweep/2"
 UPGRADES = {"grokking-sweep/1": "ALTER TABLE runs RENAME COLUMN phase TO regime"}  # older schema -> SQL
 # Config fields that do not change a run's result: where files go, how often they are written, which device
-# ran it (CPU and GPU differ only by float rounding; the device used is in the row's provenance).
+# ran it (CPU and GPU differ only by float rounding; the device used is in the row's provenance), and the
+# Weights & Biases project it was logged to.
 # eval_every is NOT here: it sets the resolution of the memorization/grokking epochs and so the stop rule.
-BOOKKEEPING = frozenset({"checkpoint_dir", "results_dir", "device", "checkpoint_every", "snapshot_every"})
+BOOKKEEPING = frozenset({"checkpoint_dir", "results_dir", "device", "checkpoint_every", "snapshot_every", "wandb"})
 KEY_FIELDS = tuple(f.name for f in fields(Config) if f.name not in BOOKKEEPING)
 # Fields added after runs were stored: keyed only away from their default, so the runs stored before keep their key.
 LATER_FIELDS = {f.name: f.default for f in fields(Config)

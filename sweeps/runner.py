@@ -105,7 +105,7 @@ def run_one(cfg: Config, analyze: bool = False, save_checkpoints=None, commit: s
         cfg = replace(cfg, checkpoint_dir=str(ckpt), results_dir=f"{tmp}/results")
         history, summary = None, None
         try:
-            summary = train(cfg, progress=False)
+            summary = train(replace(cfg, wandb=""), progress=False)  # sweep.py logs the stored record itself
         except NonFiniteLoss:
             status = "diverged"
         except StoppedAtOnce:
