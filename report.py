@@ -32,6 +32,8 @@ from config import ARCH_FLAGS
 from core.checkpoint import CheckpointError, load_model, run_snapshots
 from core.utils import OutputDirError, atomic_write, check_output_dir
 from dataset import SYMBOLS
+from sweeps.database import SweepDBError
+from sweeps.page import SweepPageError, build_sweep_page
 
 TRAIN, TEST, KEY, OTHER = "#1f77b4", "#ff7f0e", "#d62728", "#9e9e9e"
 NEURON_BYTES = 6_000_000  # the explorer's share of the page: 32 neurons at p = 113, fewer for a larger p
@@ -446,16 +448,13 @@ def main(argv=None) -> int:
                         "(sweeps/page.py), written beside it (results/sweep.sqlite -> results/sweep.html)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    refused = (OutputDirError, OSError)
     try:
         if args.sweep:
-            from sweeps.page import build_sweep_page  # only this mode needs the sweep modules
-            refused += (ValueError,)  # SweepDBError, SweepPageError: a database the page cannot show
             path = build_sweep_page(args.sweep)
         else:
             check_output_dir(args.results_dir, "--results-dir")
             path = build_report(args.checkpoint_dir, args.results_dir, top=args.neurons)
-    except refused as err:
+    except (OutputDirError, OSError, SweepDBError, SweepPageError) as err:  # the last two: a database it cannot show
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s): "
