@@ -85,20 +85,22 @@ def snapshot_epoch(snapshot) -> int:
 
 def snapshot_series(snapshots, grid, keys: list[int], measured: dict | None = None) -> list[dict]:
     """Per snapshot: epoch, the embedding's power share per frequency, key share, train/test accuracy. Taken from
-    `measured` (progress_measures.json's series: the same measures of the same snapshots) where it has every
-    snapshot's epoch; otherwise each snapshot is loaded and measured here."""
-    epochs = [snapshot_epoch(s) for s in snapshots]
-    if measured and measured.get("embedding_power") and set(epochs) <= set(measured["epoch"]):
-        rows = zip(measured["epoch"], measured["embedding_power"], measured["train_acc"], measured["test_acc"])
-        found = {e: (torch.tensor(power, dtype=torch.float64), tr, te) for e, power, tr, te in rows}
-        return [series_row(e, *found[e], keys) for e in sorted(epochs)]
+    `measured` where it has the snapshot's epoch: progress_measures.json's series (the same measures of the same
+    snapshots, spectra included), or train.py's history (accuracies only); the rest is measured here."""
+    measured = measured or {"epoch": []}
+    index = {e: i for i, e in enumerate(measured["epoch"])}
     out = []
     with torch.no_grad():
         for snapshot in snapshots:
-            model, ckpt = load_model(snapshot)
-            power = fourier.power_per_frequency(grid.basis.table(token_embedding(model)))
-            out.append(series_row(ckpt["epoch"], power, grid.score(model, "train")[1], grid.score(model, "test")[1],
-                                  keys))
+            i = index.get(snapshot_epoch(snapshot))
+            if i is not None and measured.get("embedding_power"):
+                power, epoch = torch.tensor(measured["embedding_power"][i], dtype=torch.float64), measured["epoch"][i]
+            else:
+                model, ckpt = load_model(snapshot)
+                power, epoch = fourier.power_per_frequency(grid.basis.table(token_embedding(model))), ckpt["epoch"]
+            accuracies = ((measured["train_acc"][i], measured["test_acc"][i]) if i is not None else
+                          (grid.score(model, "train")[1], grid.score(model, "test")[1]))  # chunk by chunk
+            out.append(series_row(epoch, power, *accuracies, keys))
     return sorted(out, key=lambda s: s["epoch"])
 
 
@@ -323,8 +325,10 @@ def sections(run: dict, top: int = 32) -> list[tuple[str, str, object]]:
            f"No Fourier analysis: {grid.no_basis}." if grid.basis is None else None)
     if fig is None:
         try:
-            same_run = prog and ckpt and prog.get("run_id") == ckpt.get("run_id")  # its accuracies are this run's
-            series = snapshot_series(run["snapshots"], grid, run["keys"], prog["series"] if same_run else None)
+            same_run = prog and ckpt and prog.get("run_id") == ckpt.get("run_id")  # its measures are this run's
+            # else train.py's history has the accuracies (against the labels trained on: true ones without noise)
+            measured = (prog["series"] if same_run else None if ckpt["config"].get("label_noise") else ckpt["history"])
+            series = snapshot_series(run["snapshots"], grid, run["keys"], measured)
             fig = epoch_slider_figure(series, run["keys"], phases)
         except CheckpointError as err:
             fig = f"Could not read the snapshots: {err}"

@@ -81,6 +81,15 @@ def test_the_slider_takes_the_spectra_progress_measured_without_loading_a_snapsh
     older = {k: v for k, v in measured.items() if k != "embedding_power"}  # a progress_measures.json without spectra
     with pytest.raises(CheckpointError):
         report.snapshot_series(missing_files, loaded["grid"], loaded["keys"], older)  # so it replays
+    history = loaded["ckpt"]["history"]  # train.py's: the accuracies where it has the snapshot's epoch
+    from_history = report.snapshot_series(loaded["snapshots"], loaded["grid"], loaded["keys"], history)
+    for a, b in zip(fresh, from_history):
+        assert a["share"] == pytest.approx(b["share"]) and a["key_share"] == b["key_share"]
+        if b["epoch"] in history["epoch"]:
+            i = history["epoch"].index(b["epoch"])
+            assert (b["train_acc"], b["test_acc"]) == (history["train_acc"][i], history["test_acc"][i])
+        else:
+            assert (b["train_acc"], b["test_acc"]) == (a["train_acc"], a["test_acc"])
 
 
 def test_the_config_table_lists_only_the_runs_architecture(run, tmp_path):
@@ -99,7 +108,11 @@ def test_the_page_passes_the_series_on_only_for_the_same_run(run, monkeypatch):
     loaded = report.load_run(*run)
     report.sections(loaded)
     report.sections(loaded | {"progress_measures": loaded["progress_measures"] | {"run_id": "another"}})
-    assert passed == [loaded["progress_measures"]["series"], None]
+    noisy = loaded["ckpt"] | {"config": loaded["ckpt"]["config"] | {"label_noise": 0.1}}
+    report.sections(loaded | {"progress_measures": None, "ckpt": noisy})
+    # its own progress measures; else train.py's history; under label noise neither (its train accuracy is
+    # against the corrupted labels)
+    assert passed == [loaded["progress_measures"]["series"], loaded["ckpt"]["history"], None]
 
 
 def test_missing_analysis_still_writes_the_page_and_names_the_commands(run, tmp_path):
