@@ -181,24 +181,24 @@ def from_transformer_lens(bridge) -> Transformer:
                                                       "n_key_value_heads", "num_experts", "final_rms")}
     kwargs = model_kwargs(cfg)
     H, dh = kwargs["n_heads"], cfg["d_head"]
-    heads_in = lambda w: w.detach().reshape(H, dh, -1).transpose(1, 2)  # noqa: E731 ((H dh), d) -> (H, d, dh)
-    bridge_keys = {"embed.weight": ("embed.W_E", lambda w: w.detach()),
-                   "pos_embed.weight": ("pos_embed.W_pos", lambda w: w.detach()),
+    same, transposed = (lambda t: t), (lambda t: t.T)  # noqa: E731
+    heads_in = lambda w: w.reshape(H, dh, -1).transpose(1, 2)  # noqa: E731 ((H dh), d_model) -> (H, d_model, dh)
+    per_head = lambda b: b.reshape(H, dh)  # noqa: E731
+    bridge_keys = {"embed.weight": ("embed.W_E", same), "pos_embed.weight": ("pos_embed.W_pos", same),
                    "blocks.0.attn.q.weight": ("blocks.0.attn.W_Q", heads_in),
                    "blocks.0.attn.k.weight": ("blocks.0.attn.W_K", heads_in),
                    "blocks.0.attn.v.weight": ("blocks.0.attn.W_V", heads_in),
-                   "blocks.0.attn.o.weight": ("blocks.0.attn.W_O", lambda w: w.detach().T.reshape(H, dh, -1)),
-                   "blocks.0.attn.q.bias": ("blocks.0.attn.b_Q", lambda b: b.detach().reshape(H, dh)),
-                   "blocks.0.attn.k.bias": ("blocks.0.attn.b_K", lambda b: b.detach().reshape(H, dh)),
-                   "blocks.0.attn.v.bias": ("blocks.0.attn.b_V", lambda b: b.detach().reshape(H, dh)),
-                   "blocks.0.attn.o.bias": ("blocks.0.attn.b_O", lambda b: b.detach()),
-                   "blocks.0.mlp.in.weight": ("blocks.0.mlp.W_in", lambda w: w.detach().T),
-                   "blocks.0.mlp.in.bias": ("blocks.0.mlp.b_in", lambda b: b.detach()),
-                   "blocks.0.mlp.out.weight": ("blocks.0.mlp.W_out", lambda w: w.detach().T),
-                   "blocks.0.mlp.out.bias": ("blocks.0.mlp.b_out", lambda b: b.detach()),
-                   "unembed.weight": ("unembed.W_U", lambda w: w.detach().T),
-                   "unembed.bias": ("unembed.b_U", lambda b: b.detach())}
-    state = bridge.state_dict()
+                   "blocks.0.attn.o.weight": ("blocks.0.attn.W_O", lambda w: w.T.reshape(H, dh, -1)),
+                   "blocks.0.attn.q.bias": ("blocks.0.attn.b_Q", per_head),
+                   "blocks.0.attn.k.bias": ("blocks.0.attn.b_K", per_head),
+                   "blocks.0.attn.v.bias": ("blocks.0.attn.b_V", per_head),
+                   "blocks.0.attn.o.bias": ("blocks.0.attn.b_O", same),
+                   "blocks.0.mlp.in.weight": ("blocks.0.mlp.W_in", transposed),
+                   "blocks.0.mlp.in.bias": ("blocks.0.mlp.b_in", same),
+                   "blocks.0.mlp.out.weight": ("blocks.0.mlp.W_out", transposed),
+                   "blocks.0.mlp.out.bias": ("blocks.0.mlp.b_out", same),
+                   "unembed.weight": ("unembed.W_U", transposed), "unembed.bias": ("unembed.b_U", same)}
+    state = bridge.state_dict()  # detached tensors
     unknown = sorted(set(state) - set(bridge_keys))
     if unknown:
         raise TLFormatError(f"the bridge has weights our transformer lacks: {', '.join(unknown)}")
