@@ -97,7 +97,8 @@ def model_kwargs(cfg: dict) -> dict:
                 f"n_ctx {get('n_ctx')} (ours: 3, for a b =)" if get("n_ctx") != N_CTX else "",
                 f"d_head {get('d_head')} x n_heads {get('n_heads')} != d_model {get('d_model')}"
                 if get("d_head", 0) * get("n_heads", 0) != get("d_model") else "",
-                f"activation {get('act_fn')!r} (ours: {', '.join(ACTIVATIONS)})" if get("act_fn") not in ACTIVATIONS else "",
+                f"activation {get('act_fn')!r} (ours: {', '.join(ACTIVATIONS)})"
+                if get("act_fn") not in ACTIVATIONS else "",
                 "attention only" if get("attn_only") else "", "a gated MLP" if get("gated_mlp") else "",
                 f"{get('positional_embedding_type')} positions" if get("positional_embedding_type", "standard")
                 != "standard" else "",
@@ -225,7 +226,8 @@ def demo_run(obj: dict, checkpoint_format: str) -> dict:
     """A demo file (as torch.load returns it with SAFE_GLOBALS) as this lab's final checkpoint, with its
     snapshots under "snapshots" (a list of checkpoints, by epoch). The demo records losses only: the history is
     measured here on its snapshots (train and test loss and accuracy on its split, weight norm), one entry per
-    snapshot. Epoch = optimizer steps taken: the demo's checkpoint_epochs count from 0, so its entry e is epoch e + 1."""
+    snapshot. Epoch = optimizer steps taken: the demo's checkpoint_epochs count from 0, so its entry e is
+    epoch e + 1."""
     fields = obj["config"].fields
     model = from_property_state(obj["model"], fields)
     p = model.p

@@ -17,7 +17,9 @@ import torch
 import interpretability
 import progress
 import report
+from config import Config
 from core.checkpoint import CheckpointError, load_checkpoint, load_model, run_snapshots
+from core.training import train
 from core.tl_interop import SAFE_GLOBALS, TLFormatError, from_property_state, to_property_state
 from core.transformer import Transformer
 
@@ -41,7 +43,8 @@ def write_demo(path: Path, demo: dict, monkeypatch) -> Path:
     class HookedTransformerConfig:
         pass
 
-    HookedTransformerConfig.__module__, HookedTransformerConfig.__qualname__ = TL_CONFIG_MODULE, "HookedTransformerConfig"
+    HookedTransformerConfig.__module__ = TL_CONFIG_MODULE
+    HookedTransformerConfig.__qualname__ = "HookedTransformerConfig"
     module.HookedTransformerConfig = HookedTransformerConfig
     monkeypatch.setitem(sys.modules, TL_CONFIG_MODULE, module)
     config = HookedTransformerConfig()
@@ -167,12 +170,23 @@ def random_transformer(seed=0) -> Transformer:
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def trained_transformer(tmp_path_factory) -> Transformer:
+    """A transformer trained here (train.py's engine, a few seconds), as the scripts save it."""
+    folder = tmp_path_factory.mktemp("trained")
+    train(Config(arch="transformer", p=P, d_model=16, n_heads=2, d_mlp=32, lr=1e-2, epochs=60,
+                 checkpoint_dir=str(folder / "c"), results_dir=str(folder / "r")), progress=False, plot=False)
+    return load_model(folder / "c" / "model_final.pth")[0]
+
+
 def tokens(a, b, p=P):
     return torch.stack([a, b, torch.full_like(a, p)], 1)
 
 
-def test_our_transformer_in_transformer_lens_gives_our_logits_and_cache(tl):
-    model = random_transformer()
+@pytest.mark.parametrize("which", ["trained", "random"])
+def test_our_transformer_in_transformer_lens_gives_our_logits_and_cache(tl, trained_transformer, which):
+    model = trained_transformer if which == "trained" else random_transformer()
+    assert model.b_in.count_nonzero() and model.b_out.count_nonzero()  # every weight shows in the logits
     bridge = tl.to_transformer_lens(model)
     assert type(bridge).__name__ == "TransformerBridge"
     a, b = all_pairs()
