@@ -292,13 +292,14 @@ def test_cosine_or_zero():
     assert cp.cosine_or_zero(torch.tensor([3.0, 4.0]), torch.tensor([4.0, 3.0])).item() == pytest.approx(24 / 25)
 
 
-def test_triples_as_a_32_bit_or_numpy_array():
-    """triples may be any integer array: an int32 tensor or a numpy array gives the list's s_g."""
+def test_triples_as_a_compact_integer_array():
+    """triples may be any integer array, also a compact one (p = 59 fits a byte): an int16 tensor or a
+    uint8 numpy array gives the list's s_g."""
     model, _ = handbuilt_model(P, KEYS)
     triples = cp.random_triples(P, 20)
     expected = cp.gradient_symmetricity(model, triples)
-    assert cp.gradient_symmetricity(model, torch.tensor(triples, dtype=torch.int32)) == expected
-    assert cp.gradient_symmetricity(model, np.array(triples, dtype=np.int32)) == expected
+    assert cp.gradient_symmetricity(model, torch.tensor(triples, dtype=torch.int16)) == expected
+    assert cp.gradient_symmetricity(model, np.array(triples, dtype=np.uint8)) == expected
 
 
 # ---------------------------------------------------------------- triples, grid, verdict, result
