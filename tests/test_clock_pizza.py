@@ -11,7 +11,14 @@ import torch
 
 from analysis import clock_pizza as cp
 from core.transformer import Transformer
-from handbuilt import fourier_transformer, handbuilt_model, handbuilt_transformer, pizza_model, pizza_weights
+from handbuilt import (
+    discrete_log_model,
+    fourier_transformer,
+    handbuilt_model,
+    handbuilt_transformer,
+    pizza_model,
+    pizza_weights,
+)
 from model import ToyMLP
 
 P = 59  # the paper's modulus
@@ -148,6 +155,25 @@ def test_q_conventions_and_bad_input():
         cp.distance_irrelevance(torch.zeros(3, 3), sign=2)
 
 
+def test_q_of_a_matrix_whose_std_is_one():
+    """A +-1 checkerboard, L[i, j] = (-1)^(j - i): all of L has std exactly 1 (mean 0, every square 1),
+    and each distance group is constant, so q = 0 (a std of 1 is nothing special)."""
+    i, j = torch.arange(4)[:, None], torch.arange(4)[None, :]
+    L = (-1.0) ** (j - i)
+    assert L.double().std(correction=0) == 1.0
+    assert cp.distance_irrelevance(L) == 0.0
+
+
+def test_q_at_the_rounding_bound_counts_as_constant():
+    """The constant rule is std <= CONSTANT_RTOL * max |L|, bound included. L = 100000 on the diagonal,
+    99998 off it: mean 99999, every deviation +-1, std exactly 1 = 1e-5 * 100000. Each distance group is
+    constant (q would be 0), but at the bound L counts as constant: q = 1."""
+    assert cp.CONSTANT_RTOL * 100000.0 == 1.0  # exact in float64: the bound is reached, not crossed
+    L = torch.tensor([[100000.0, 99998.0], [99998.0, 100000.0]], dtype=torch.float64)
+    assert L.std(correction=0) == 1.0
+    assert cp.distance_irrelevance(L) == 1.0
+
+
 # ---------------------------------------------------------------- gradients
 
 
@@ -163,9 +189,9 @@ def finite_difference_gradients(model, triples, eps=1e-6):
         for r, (operand, k, s) in enumerate(rows):
             delta[r, operand, k] = s * eps
         if transformer:
-            hooks = {"hook_embed": lambda x: x + torch.cat([delta, torch.zeros_like(delta[:, :1])], 1)}
+            hooks = {"hook_embed": lambda x, delta=delta: x + torch.cat([delta, torch.zeros_like(delta[:, :1])], 1)}
         else:
-            hooks = {"embed_a": lambda x: x + delta[:, 0], "embed_b": lambda x: x + delta[:, 1]}
+            hooks = {"embed_a": lambda x, delta=delta: x + delta[:, 0], "embed_b": lambda x, delta=delta: x + delta[:, 1]}
         n = len(rows)
         with torch.no_grad():
             q = model.run_with_hooks(torch.full((n,), a), torch.full((n,), b), hooks=hooks)[:, c]
@@ -225,6 +251,31 @@ def test_a_network_that_ignores_b_has_zero_b_gradient_and_symmetricity_zero():
     assert cp.gradient_symmetricity(model, t) == 0.0
 
 
+class DetachedB(ToyMLP):
+    """A ToyMLP whose forward uses a detached copy of E_b: b's embedding takes no part in the graph
+    (autograd has no gradient for it at all, not even a zero one)."""
+
+    def run_with_hooks(self, a, b, hooks=None, cache=None):
+        hooks = dict(hooks or {})
+        hook_b = hooks.pop("embed_b", lambda x: x)
+        hooks["embed_b"] = lambda x: hook_b(x).detach()
+        return super().run_with_hooks(a, b, hooks, cache)
+
+
+def test_an_operand_outside_the_graph_has_zero_gradient():
+    """dQ/dE_b of a network that never differentiates through E_b is zero (a documented convention, not
+    an error), dQ/dE_a is the usual one, and s_g is 0."""
+    torch.manual_seed(5)
+    model = ToyMLP(7, d_embed=4, d_hidden=8).eval()
+    detached = DetachedB(7, d_embed=4, d_hidden=8)
+    detached.load_state_dict(model.state_dict())
+    t = torch.tensor([(0, 1, 2), (3, 5, 1), (6, 6, 4)])
+    grad_a, grad_b = cp.embedding_gradients(detached.eval(), t[:, 0], t[:, 1], t[:, 2])
+    assert (grad_b == 0).all()
+    assert torch.allclose(grad_a, cp.embedding_gradients(model, t[:, 0], t[:, 1], t[:, 2])[0])
+    assert cp.gradient_symmetricity(detached, t) == 0.0
+
+
 def test_symmetric_and_antisymmetric_operands():
     """W_in's b part = a part: the net reads E_a + E_b, s_g = 1; b part = -(a part): it reads E_a - E_b,
     dQ/dE_b = -dQ/dE_a, s_g = -1 (the cosine keeps its sign)."""
@@ -237,6 +288,18 @@ def test_cosine_or_zero():
     x = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
     y = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, -1.0], [0.0, 3.0]])
     assert cp.cosine_or_zero(x, y).tolist() == pytest.approx([1.0, 0.0, -1.0, 0.0])
+    # rows are the last dimension: a single pair of vectors is one row, 3-4-5 triangles: 24 / 25
+    assert cp.cosine_or_zero(torch.tensor([3.0, 4.0]), torch.tensor([4.0, 3.0])).item() == pytest.approx(24 / 25)
+
+
+def test_triples_as_a_compact_integer_array():
+    """triples may be any integer array, also a compact one (p = 59 fits a byte): an int16 tensor or a
+    uint8 numpy array gives the list's s_g."""
+    model, _ = handbuilt_model(P, KEYS)
+    triples = cp.random_triples(P, 20)
+    expected = cp.gradient_symmetricity(model, triples)
+    assert cp.gradient_symmetricity(model, torch.tensor(triples, dtype=torch.int16)) == expected
+    assert cp.gradient_symmetricity(model, np.array(triples, dtype=np.uint8)) == expected
 
 
 # ---------------------------------------------------------------- triples, grid, verdict, result
@@ -301,7 +364,10 @@ def test_verdict(s_g, q, expected):
 
 
 def test_verdict_of_nan():
-    assert cp.verdict(float("nan"), 0.2).startswith("mixed/unclear")
+    """One measure that is not a number is enough to withhold a verdict, whatever the other says."""
+    nan = float("nan")
+    for s_g, q in [(nan, 0.2), (0.3, nan), (nan, 0.85), (0.99, nan), (nan, nan)]:
+        assert cp.verdict(s_g, q).startswith("mixed/unclear (a measure is not a number")
 
 
 def test_result_is_plain_and_uses_a_given_correct_logit():
@@ -315,3 +381,33 @@ def test_result_is_plain_and_uses_a_given_correct_logit():
     assert result["thresholds"]["text"] == cp.THRESHOLD_TEXT
     assert result["thresholds"]["pizza_if_symmetricity_above"] == 0.98
     assert result["thresholds"]["pizza_if_irrelevance_below"] == 0.6
+
+
+def test_result_uses_the_given_triples_and_reports_them():
+    """n_triples and seed choose the notebook's shuffle (random.Random(seed) over all p^3 triples), and the
+    hand-built clock's s_g on them is the mean of mean_k cos(w_k (a - b)) (see above). Over all p^3
+    triples that mean would be 0."""
+    p, keys, n, seed = 7, [1, 2], 10, 3
+    model, _ = handbuilt_model(p, keys)
+    everything = list(itertools.product(range(p), repeat=3))
+    random.Random(seed).shuffle(everything)
+    expected = np.mean([np.mean([math.cos(2 * math.pi * k * (a - b) / p) for k in keys])
+                        for a, b, _ in everything[:n]])
+    result = cp.clock_or_pizza(model, p, n_triples=n, seed=seed)
+    assert result["gradient_symmetricity"] == pytest.approx(expected, abs=1e-6)
+    assert abs(expected) > 0.05  # not the all-triples mean
+    assert result["n_triples"] == n and result["seed"] == seed
+    assert result["note"] == ""  # addition: nothing to add
+
+
+def test_division_groups_q_by_sums():
+    """A network computing i - j (div on discrete logs, as sub) groups q by i + j: an L that depends on
+    i + j only has q = 0 (grouped by distance, as for mul, it would not)."""
+    model, _ = discrete_log_model(7, [1], g=3, op="div")
+    i, j = torch.arange(6)[:, None], torch.arange(6)[None, :]
+    f = torch.tensor([0.0, 1.0, 3.0, 2.0, 5.0, 4.0])
+    L = f[(i + j) % 6]
+    result = cp.clock_or_pizza(model, 7, op="div", correct_logit=L)
+    assert result["distance_irrelevance"] == pytest.approx(0.0, abs=1e-12)
+    assert "not commutative" in result["note"]
+    assert cp.clock_or_pizza(model, 7, op="mul", correct_logit=L)["distance_irrelevance"] > 0.1
