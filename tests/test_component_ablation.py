@@ -4,10 +4,11 @@ import torch
 
 from analysis import attention
 from analysis.circuit import Grid, correct_logit_in_basis, frequency_ablation
-from analysis.components import component_ablations
+from analysis.components import activation_mean, component_ablations, hook_components, replace_at
 from analysis.summary import analyze, findings, summarize
 from dataset import make_data
 from handbuilt import annotated_model, discrete_log_model, fourier_transformer, handbuilt_model, pizza_model
+from core.transformer import Transformer
 from model import ToyMLP
 
 P, KEYS = 59, [4, 11, 23]
@@ -125,3 +126,41 @@ def test_clock_or_pizza_of_mul_and_div_reads_the_correct_logit_in_the_log_basis(
     with torch.no_grad():
         summary = summarize(analyze(model, grid, draws=1), "built", {"p": P, "op": op})
     assert summary["clock_pizza"]["distance_irrelevance"] == 1.0 and summary["clock_pizza"]["verdict"] == "clock"
+
+
+def test_activation_mean_is_the_mean_over_all_pairs():
+    torch.manual_seed(0)
+    model, grid = ToyMLP(11, 4, 6), grid_for(11)
+    with torch.no_grad():
+        direct = model.run_with_cache(grid.a, grid.b)[1]["hidden_post"].double().mean(0)  # one batch of all pairs
+        torch.testing.assert_close(activation_mean(model, grid, "hidden_post"), direct)
+
+
+def test_replace_at_changes_only_the_named_position_and_head():
+    torch.manual_seed(0)
+    x, value = torch.randn(4, 3, 2, 5), torch.randn(3, 2, 5).double()  # a mean in float64, as activation_mean's
+    out = replace_at(2, 1, value)(x)
+    assert torch.equal(out[:, 2, 1], value[2, 1].float().expand(4, 5))
+    keep = torch.ones(3, 2, dtype=torch.bool)
+    keep[2, 1] = False
+    assert torch.equal(out[:, keep], x[:, keep]) and out.dtype == x.dtype
+    assert torch.equal(replace_at(0)(x)[:, 0], torch.zeros(4, 2, 5))  # zero ablation of position 0
+    flat, head_mean = torch.randn(4, 2, 5), torch.randn(2, 5)  # no position: x[:, index] is the head
+    out = replace_at(None, 1, head_mean)(flat)
+    assert torch.equal(out[:, 1], head_mean[1].expand(4, 5)) and torch.equal(out[:, 0], flat[:, 0])
+
+
+@pytest.mark.parametrize("part, operand", [("embedding, a part", 0), ("embedding, b part", 1)])
+def test_a_transformer_without_one_operands_embedding_no_longer_reads_it(part, operand):
+    """Mean-ablating the token embedding at a's position (b's) leaves logits that are the same for every a (b)."""
+    p = 7
+    torch.manual_seed(1)
+    model, grid = Transformer(p, d_model=8, n_heads=2, d_mlp=16).eval(), grid_for(p)
+    hook, position, head = hook_components(model)[part]
+    with torch.no_grad():
+        mean = activation_mean(model, grid, hook)
+        logits = model.run_with_hooks(grid.a, grid.b, {hook: replace_at(position, head, mean)}).reshape(p, p, p)
+    ablated = logits.movedim(operand, 0)  # (the ablated operand, the other, classes)
+    torch.testing.assert_close(ablated, ablated[:1].expand_as(ablated), atol=1e-6, rtol=0)
+    other = logits.movedim(1 - operand, 0)
+    assert (other - other[:1]).abs().max() > 1e-3  # the other operand still matters
