@@ -137,7 +137,7 @@ def view(rows: list[dict], x: str, y: str, settings: list[str]) -> dict:
         data["cells"][(r[x], r[y])].setdefault("runs", []).append(r["_index"])
     title = diagram_title(rows, x, y).replace(f" × {ONE_ROW}", "")
     if pooled:
-        title = (title.replace(" seeds per cell", " seeds")
+        title = (title.replace(" per cell", "")
                  + f"<br><sup>each cell pools the runs of every {', '.join(pooled)}</sup>")
     return heatmap(data, x, y, title)
 

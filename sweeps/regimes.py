@@ -118,7 +118,7 @@ def diagram_title(rows: list[dict], x: str, y: str) -> str:
     seeds = sorted({r.get("seed") for r in rows if r.get("seed") is not None})
     listed = (f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 3 and seeds == list(range(seeds[0], seeds[-1] + 1))
               else ", ".join(map(str, seeds[:8])) + (", ..." if len(seeds) > 8 else ""))
-    per_cell = f", {len(seeds)} seeds per cell ({listed})" if seeds else ""
+    per_cell = f", {len(seeds)} seed{'s' * (len(seeds) > 1)} per cell ({listed})" if seeds else ""
     return f"Run regimes of {what}{task} over {x} × {y}{per_cell}"
 
 

@@ -129,7 +129,7 @@ def seeded_rows(seeds, **settings):
     (seeded_rows([0]) + seeded_rows([1], p=97), "train_frac", "weight_decay",
      "Run regimes of ToyMLP over train_frac × weight_decay, 2 seeds per cell (0, 1)"),  # p varies: no task
     (seeded_rows([0], p=97) + seeded_rows([0]), "p", "weight_decay",
-     "Run regimes of ToyMLP over p × weight_decay, 1 seeds per cell (0)"),  # p on an axis
+     "Run regimes of ToyMLP over p × weight_decay, 1 seed per cell (0)"),  # p on an axis
     (seeded_rows([0]) + seeded_rows([1], arch="transformer", op="mul"), "train_frac", "weight_decay",
      "Run regimes of runs over train_frac × weight_decay, 2 seeds per cell (0, 1)"),
     ([{"arch": "mlp", "op": "add", "p": 113}], "train_frac", "weight_decay",
@@ -188,8 +188,8 @@ def test_the_refusal_names_every_setting_that_varies():
                                                              "train_frac × weight_decay, 8 seeds per cell "
                                                              "(0, 2, 4, 6, 8, 10, 12, 14)"),
     (seeded_rows([0], arch="lstm", op="pow"), "train_frac", "Run regimes of runs on (a pow b) mod 113 over "
-                                                            "train_frac × weight_decay, 1 seeds per cell (0)"),
-    (seeded_rows([0]), "p", "Run regimes of ToyMLP over p × weight_decay, 1 seeds per cell (0)"),
+                                                            "train_frac × weight_decay, 1 seed per cell (0)"),
+    (seeded_rows([0]), "p", "Run regimes of ToyMLP over p × weight_decay, 1 seed per cell (0)"),
 ])
 def test_diagram_titles_of_unusual_grids(rows, x, title):
     assert regimes.diagram_title(rows, x, "weight_decay") == title
