@@ -15,7 +15,6 @@ Every file is a dict of tensors and plain data, loadable with torch.load(weights
 A file saved by TransformerLens 3's grokking demo loads too (core/tl_interop.py): as a checkpoint of this
 schema whose "snapshots" list holds the demo's checkpoints, so every script that takes a checkpoint takes it.
 """
-import functools
 from pathlib import Path
 
 import torch
@@ -49,19 +48,15 @@ def save_checkpoint(path, **fields) -> None:
 
 def load_checkpoint(path) -> dict:
     path = Path(path)
-    if path.is_file():
-        stat = path.stat()
-        return _load_file(path.resolve(), stat.st_mtime_ns, stat.st_size)
-    return _load_file(path, 0, 0)
-
-
-@functools.lru_cache(maxsize=2)  # a demo file is converted once per process (its history is measured)
-def _load_file(path: Path, mtime_ns: int, size: int) -> dict:
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file: pass a .pth file in it "
                               "(model_final.pth to analyse, latest.pth to resume)")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: run `python train.py` first")
+    stat = path.stat()
+    key = (path.resolve(), stat.st_mtime_ns, stat.st_size)
+    if key in _DEMO_RUNS:
+        return _DEMO_RUNS[key]
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):  # a TransformerLens demo's config, as plain data
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -69,12 +64,19 @@ def _load_file(path: Path, mtime_ns: int, size: int) -> dict:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__})") from None
     if is_demo_file(ckpt):
         try:
-            return demo_run(ckpt, FORMAT)
+            _DEMO_RUNS.clear()  # one at a time: a demo run with its snapshots can be hundreds of MB
+            _DEMO_RUNS[key] = demo_run(ckpt, FORMAT)
+            return _DEMO_RUNS[key]
         except TLFormatError as err:
             raise CheckpointError(f"{path} is a TransformerLens grokking-demo file, but {err}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by this repo's train.py")
     return ckpt
+
+
+# A demo file converted once per process (its history is measured on every snapshot), keyed by path, mtime
+# and size; this repo's own files are read afresh each time, so a caller may change what it gets.
+_DEMO_RUNS: dict[tuple, dict] = {}
 
 
 def load_model(path, device="cpu"):
