@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")  # the Debian package; playwright's own browser download is not used
 sys.path.insert(0, str(ROOT))  # the repo is flat scripts, not a package
 
 
@@ -32,3 +33,28 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name in FAST_FILES and not item.get_closest_marker("subprocess"):
             item.add_marker(pytest.mark.fast)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by Playwright; skips with the reason where either is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright package: pip install playwright")
+    if not CHROMIUM.exists():
+        pytest.skip(f"no {CHROMIUM}: apt-get install chromium")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, path: Path, svgs: int):
+    """The page opened from file:// once plotly has drawn at least `svgs` of its layers (.main-svg, one or more
+    per figure), with its console errors, page errors and requests recorded: (page, {"errors", "requests"})."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    events = {"errors": [], "requests": []}
+    page.on("console", lambda msg: msg.type == "error" and events["errors"].append(msg.text))
+    page.on("pageerror", lambda err: events["errors"].append(str(err)))
+    page.on("request", lambda request: events["requests"].append(request.url))
+    page.goto(path.resolve().as_uri())
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {svgs}")
+    return page, events

@@ -20,8 +20,8 @@ import report  # noqa: E402
 from config import Config  # noqa: E402
 from core.checkpoint import CheckpointError, load_model  # noqa: E402
 from core.training import train  # noqa: E402
+from conftest import CHROMIUM, open_page  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
 PLOTS = ["training-curves", "epoch-slider", "neuron-explorer", "fourier-spectrum", "ablation-curves",
          "frequency-ablation"]
 MAX_BYTES = 15_000_000
@@ -178,32 +178,9 @@ def test_a_transformer_report_shows_each_heads_attention(tmp_path):
 
 # ---------------------------------------------------------------- in a real browser
 
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright package: pip install playwright")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no {CHROMIUM}: apt-get install chromium")
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
-
-def open_page(browser, path: Path):
-    """The page opened from file://, with its console errors, page errors and requests recorded."""
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    events = {"errors": [], "requests": []}
-    page.on("console", lambda msg: msg.type == "error" and events["errors"].append(msg.text))
-    page.on("pageerror", lambda err: events["errors"].append(str(err)))
-    page.on("request", lambda request: events["requests"].append(request.url))
-    page.goto(path.resolve().as_uri())
-    page.wait_for_function(f"document.querySelectorAll('.plotly-graph-div .main-svg').length >= {len(PLOTS)}")
-    return page, events
-
-
 @pytest.fixture
 def page(browser, page_path):
-    page, events = open_page(browser, page_path)
+    page, events = open_page(browser, page_path, len(PLOTS))
     yield page, events
     page.close()
 
@@ -282,7 +259,7 @@ if __name__ == "__main__":  # python tests/test_report.py PAGE.html OUT.png
 
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        shown, recorded = open_page(chromium, Path(sys.argv[1]))
+        shown, recorded = open_page(chromium, Path(sys.argv[1]), len(PLOTS))
         shown.wait_for_timeout(500)
         screenshot(shown, Path(sys.argv[2]))
         chromium.close()

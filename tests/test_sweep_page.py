@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script too (the screenshot, at the end)
+from conftest import CHROMIUM, open_page
 from test_regimes import record
 from test_sweep import run_sweep
 
@@ -22,7 +23,7 @@ import report
 from config import Config
 from sweeps import database, page
 
-CHROMIUM = Path("/usr/bin/chromium")
+DRAWN = 2  # plotly layers to wait for: the phase diagram and the runs' curves are drawn
 DIAGRAM = "train_frac|weight_decay"
 
 # (train_frac, weight_decay, lr, seed): (memorization epoch, grokking epoch), None = never; "diverged"
@@ -200,31 +201,8 @@ def test_a_real_sweep_gives_a_page_with_each_run_in_one_cell(real_page):
 # ---------------------------------------------------------------- in a real browser
 
 @pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright package: pip install playwright")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no {CHROMIUM}: apt-get install chromium")
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
-
-def open_page(browser, path: Path):
-    """The page opened from file://, with its console errors, page errors and requests recorded."""
-    shown = browser.new_page(viewport={"width": 1400, "height": 900})
-    events = {"errors": [], "requests": []}
-    shown.on("console", lambda msg: msg.type == "error" and events["errors"].append(msg.text))
-    shown.on("pageerror", lambda err: events["errors"].append(str(err)))
-    shown.on("request", lambda request: events["requests"].append(request.url))
-    shown.goto(path.resolve().as_uri())
-    shown.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 2")
-    return shown, events
-
-
-@pytest.fixture(scope="module")
 def hand_page(browser, hand_db):
-    shown, events = open_page(browser, page.build_sweep_page(hand_db, hand_db.parent / "hand.html"))
+    shown, events = open_page(browser, page.build_sweep_page(hand_db, hand_db.parent / "hand.html"), DRAWN)
     yield shown, events
     shown.close()
 
@@ -290,7 +268,7 @@ def test_clicking_a_cell_draws_the_curves_of_its_runs(hand_page):
 
 
 def test_a_one_row_page_draws_and_its_cells_click(browser, tmp_path):
-    shown, events = open_page(browser, page.build_sweep_page(one_setting_db(tmp_path)))
+    shown, events = open_page(browser, page.build_sweep_page(one_setting_db(tmp_path)), DRAWN)
     assert diagram(shown)["y"] == [""] and shown.input_value("#y-setting") == page.ONE_ROW
     click_cell(shown, "0.3", "")
     shown.wait_for_function("document.getElementById('run-curves').data.length === 4")  # two seeds
@@ -299,7 +277,7 @@ def test_a_one_row_page_draws_and_its_cells_click(browser, tmp_path):
 
 
 def test_the_real_sweep_page_draws_in_the_browser(browser, real_page):
-    shown, events = open_page(browser, real_page)
+    shown, events = open_page(browser, real_page, DRAWN)
     click_cell(shown, "0.3", "1")
     shown.wait_for_function("document.getElementById('run-curves').data.length === 2")
     assert diagram(shown)["x"] == ["0.3", "0.6"] and events["errors"] == []
@@ -318,7 +296,7 @@ if __name__ == "__main__":  # python tests/test_sweep_page.py PAGE.html OUT.png 
     html_path, png_path, x_name, y_name, x_value, y_value = sys.argv[1:7]
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        shown, recorded = open_page(chromium, Path(html_path))
+        shown, recorded = open_page(chromium, Path(html_path), DRAWN)
         choose(shown, x_name, y_name)
         click_cell(shown, x_value, y_value)  # the mouse stays there: its hover shows in the picture
         shown.wait_for_timeout(500)
