@@ -7,6 +7,7 @@ formulas written out here; never from the function under test. Each test compute
 """
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import interpretability
+import progress
 from analysis import fourier
 from analysis.circuit import Grid, fourier_analysis, frequency_ablation, hidden_input_power, key_frequency_losses
 from analysis.neurons import ablation_curves, circuit_size, rank_neurons, ranking_agreement, reindex_by_frequency
@@ -301,9 +303,23 @@ def test_findings_do_not_depend_on_the_order_of_the_neurons(perm):
     assert group(other["circuit_size"]) == group(original["circuit_size"])
 
 
-def test_the_command_line_reports_the_known_answers(tmp_path, capsys):
+@pytest.fixture
+def plot_jobs(monkeypatch):
+    """plots.draw records its jobs instead of drawing them (drawing takes seconds and is tested elsewhere)."""
+    jobs = []
+
+    def record(new):
+        jobs.extend(new)
+        return [kwargs["path"] for *_, kwargs in new]
+
+    monkeypatch.setattr(interpretability.plots, "draw", record)
+    monkeypatch.setattr(progress, "draw", record)
+    return jobs
+
+
+def test_the_command_line_reports_the_known_answers(tmp_path, capsys, plot_jobs):
     """interpretability.main on a checkpoint of the annotated network: the JSON and the printed
-    findings carry the values known by construction."""
+    findings carry the values known by construction (the plots are listed, not drawn: test_plots draws them)."""
     model, parts = annotated_model(P, KEYS)
     data = make_data(P, "add", 0.3, 0)
     save_checkpoint(tmp_path / "hand.pth", config={"p": P, "op": "add", "model": model.config()}, run_id="abc",
@@ -369,9 +385,10 @@ def test_the_command_line_reports_the_known_answers(tmp_path, capsys):
     assert interpretability.main(["--checkpoint", str(tmp_path / "hand.pth"), "--results-dir",
                                   str(tmp_path / "blocked"), "--quiet"]) == 2
     assert "error: --results-dir" in capsys.readouterr().err
+    drawn = {kwargs["path"] for *_, kwargs in plot_jobs}
     for name in ("activation_heatmap", "neuron_ranking", "ablation_curves", "fourier_spectrum", "neuron_clusters",
                  "frequency_ablation", "activation_overview"):
-        assert (tmp_path / f"r/{name}.png").stat().st_size > 10_000
+        assert tmp_path / f"r/{name}.png" in drawn
 
 
 def test_progress_replay_of_hand_built_snapshots(tmp_path, capsys):
@@ -516,10 +533,8 @@ def test_progress_refuses_a_snapshot_of_another_run_and_a_folder_without_snapsho
     assert "--results-dir" in capsys.readouterr().err
 
 
-def test_notebook_defaults_match_the_command_line(tmp_path, monkeypatch):
+def test_notebook_defaults_match_the_command_line(tmp_path, monkeypatch, plot_jobs):
     """run() called with no arguments reads checkpoints/ and writes results/, as the scripts do."""
-    import progress
-
     model, _ = annotated_model(P, KEYS)
     data = make_data(P, "add", 0.3, 0)
     fields = {"model": model.state_dict(), "epoch": 0, "run_id": "d", "config": {"p": P, "op": "add",
@@ -528,8 +543,9 @@ def test_notebook_defaults_match_the_command_line(tmp_path, monkeypatch):
     save_checkpoint(tmp_path / "checkpoints/model_final.pth", **fields)
     save_checkpoint(tmp_path / "checkpoints/snapshots/epoch_00000.pth", **fields)
     monkeypatch.chdir(tmp_path)
-    summary, _ = interpretability.run(progress=False)
+    summary, paths = interpretability.run(progress=False)
     assert summary["checkpoint"] == "checkpoints/model_final.pth" and (tmp_path / "results/analysis_summary.json").is_file()
+    assert paths == [kwargs["path"] for _, _, kwargs in plot_jobs] and paths[0] == Path("results/activation_heatmap.png")
     assert progress.run(progress=False)["checkpoint_dir"] == "checkpoints"
     assert replay(progress=False)["checkpoint_dir"] == "checkpoints"
     assert (tmp_path / "results/progress_measures.json").is_file()
