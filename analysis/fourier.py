@@ -173,7 +173,9 @@ def _frequency_fractions(acts: torch.Tensor) -> torch.Tensor:
 
 
 def combination(p: int, op: str) -> torch.Tensor:
-    """s(a, b) over the grid, (p, p): a + b for add, a - b for sub (others: a + b, which they lack)."""
+    """s(a, b) over the grid, (p, p): a + b for add, a - b for sub (a basis's op is one of the two)."""
+    if op not in ("add", "sub"):
+        raise ValueError(f"a basis combines its positions by add or sub, not {op!r}")
     a = torch.arange(p).view(p, 1)
     b = torch.arange(p).view(1, p)
     return (a - b) % p if op == "sub" else (a + b) % p
