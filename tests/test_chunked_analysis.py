@@ -89,3 +89,19 @@ def test_the_analysis_in_chunks_equals_the_analysis_in_one_piece(build, op, monk
     assert len(grid.chunks()) == math.ceil(model.p**2 / 60) > 8
     assert len(row_blocks(torch.zeros(60, model.p))) == 9
     assert_same(whole, analyze(model, grid, draws=2))
+
+
+@pytest.mark.parametrize("budget_neurons", [1, 3])
+@pytest.mark.parametrize("spare_bytes", [0, 8 * 7 * 7 - 1])
+def test_neuron_groups_fill_the_memory_budget_and_no_more(budget_neurons, spare_bytes, monkeypatch):
+    """neuron_frequency_fractions measures as many neurons at a time as fit in CHUNK_BYTES of float64 power
+    (p * p * 8 bytes each), at least one, and gives what it gives in one piece."""
+    p, n = 7, 8
+    acts = torch.randn(p, p, n, generator=torch.Generator().manual_seed(0))
+    whole = fourier.neuron_frequency_fractions(acts)
+    sizes = []
+    one_group = fourier._frequency_fractions
+    monkeypatch.setattr(fourier, "_frequency_fractions", lambda group: sizes.append(group.shape[-1]) or one_group(group))
+    monkeypatch.setattr(fourier, "CHUNK_BYTES", 8 * p * p * budget_neurons + spare_bytes)
+    torch.testing.assert_close(fourier.neuron_frequency_fractions(acts), whole, rtol=1e-6, atol=1e-7)
+    assert sizes == [budget_neurons] * (n // budget_neurons) + ([n % budget_neurons] if n % budget_neurons else [])
