@@ -36,6 +36,7 @@ from config import ARCH_DEFAULTS, ARCH_FLAGS, LOSS_DTYPES, Config, model_config
 from core.checkpoint import build_model
 from core.training import epoch_runner, evaluate, make_optimizer, train, train_one_epoch
 from core.utils import provenance, resolve_device
+import model
 from dataset import make_data
 from model import ToyMLP
 from sweeps.batched import Stack
@@ -142,15 +143,15 @@ def single_rate(cfg: Config, epochs: int, graph: bool = True) -> float:
     its step is a CUDA graph replay (training.CapturedStep), or with graph=False the eager step."""
     device = resolve_device(cfg.device)
     data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed).to(device)
-    model = build_model(model_config(cfg)).to(device)
-    optimizer = make_optimizer(model, cfg, capturable=graph and device.type == "cuda")
-    run_epoch = epoch_runner(model, optimizer, data, cfg, True)
+    net = build_model(model_config(cfg)).to(device)
+    optimizer = make_optimizer(net, cfg, capturable=graph and device.type == "cuda")
+    run_epoch = epoch_runner(net, optimizer, data, cfg, True)
 
     def run(n):
         for epoch in range(1, n + 1):
             run_epoch()
             if epoch % cfg.eval_every == 0:
-                evaluate(model, data)
+                evaluate(net, data)
 
     return _rate(run, epochs, 1, device)
 
@@ -186,7 +187,7 @@ def _pool_rate(args) -> float:
     return batched_rate(*args)
 
 
-def bench_sweep(cfg: Config, models, epochs: int) -> int:
+def bench_sweep(cfg: Config, models, epochs: int, lookups=model.LOOKUPS) -> int:
     info = provenance()
     device = resolve_device(cfg.device)
     cores = len(os.sched_getaffinity(0))
@@ -199,8 +200,11 @@ def bench_sweep(cfg: Config, models, epochs: int) -> int:
         eager = single_rate(cfg, epochs, graph=False)
         print(f"one model, eager step (no CUDA graph): {eager:6.1f} model-steps/s  ({1e3 / eager:.3f} ms per step)")
     for n in models:
-        rate = batched_rate(cfg, n, max(epochs // n, 5) if device.type == "cpu" else epochs)
-        print(f"batched engine, {n:4d} models:         {rate:8.1f} model-steps/s  ({rate / one:.2f}x)")
+        for mode in lookups:  # model.LOOKUP: how the token tables' rows are read (side by side)
+            model.LOOKUP = mode
+            rate = batched_rate(cfg, n, max(epochs // n, 5) if device.type == "cpu" else epochs)
+            print(f"batched engine, {n:4d} models, {mode:6s} lookup: {rate:8.1f} model-steps/s  ({rate / one:.2f}x)")
+        model.LOOKUP = "index"
     if device.type == "cpu" and cores > 1:
         with multiprocessing.get_context("spawn").Pool(cores) as pool:
             for n in (1, 4):
@@ -222,12 +226,14 @@ def main(argv=None) -> int:
                         help="with --sweep: batch sizes (default 1 4 16 on a CPU, 1 16 256 1024 on a GPU)")
     parser.add_argument("--epochs", type=int, default=200, help="with --sweep: epochs per measurement")
     parser.add_argument("--p", type=int, default=113, help="with --sweep: the modulus")
+    parser.add_argument("--lookups", nargs="+", choices=model.LOOKUPS, default=list(model.LOOKUPS),
+                        help="with --sweep: the batched engine with each way of reading token-table rows (model.LOOKUP)")
     args = parser.parse_args(argv)
     cfg = Config(**({"arch": args.arch} | ARCH_DEFAULTS[args.arch]))
     if args.sweep:
         cfg = replace(cfg, p=args.p)
         gpu = resolve_device(cfg.device).type == "cuda"
-        return bench_sweep(cfg, args.models or ([1, 16, 256, 1024] if gpu else [1, 4, 16]), args.epochs)
+        return bench_sweep(cfg, args.models or ([1, 16, 256, 1024] if gpu else [1, 4, 16]), args.epochs, args.lookups)
     if args.arch == "transformer":
         return bench_transformer(cfg, args)
     info = provenance()
@@ -252,10 +258,10 @@ def main(argv=None) -> int:
 
 def bench_transformer(cfg: Config, args) -> int:
     info = provenance()
-    model = build_model(model_config(cfg))
+    net = build_model(model_config(cfg))
     print(f"torch {info['versions']['torch']}, {info['threads']} threads, {info['machine']}; p={cfg.p}, "
           f"{cfg.train_frac:.0%} train; transformer d_model {cfg.d_model}, {cfg.n_heads} heads, d_mlp {cfg.d_mlp}, "
-          f"{model.num_params():,} parameters")
+          f"{net.num_params():,} parameters")
     times = transformer_step_timings(cfg, args.rounds, args.steps)
     ours, spelled = statistics.median(times["ours"]), statistics.median(times["all_positions"])
     print(f"full-batch step, ours ('=' only, token tables): {ours:7.2f} ms  (min {min(times['ours']):.2f})")

@@ -136,10 +136,20 @@ def patch(value: torch.Tensor):
     return lambda x: value.to(x).expand_as(x)
 
 
+# How lookup reads the rows of a token table; the same values either way (bench.py --sweep times both):
+# "index" gathers them, "onehot" multiplies one_hot(index) by the table, so that the forward and the backward
+# are matrix products (no scatter-add: on a GPU, no atomic adds in the backward). Set model.LOOKUP to choose.
+LOOKUPS = ("index", "onehot")
+LOOKUP = "index"
+
+
 def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """The rows table[index]: F.embedding on a CPU, whose backward is fast there (plain indexing's is ~4x
-    slower); index_select on a GPU, whose backward (index_add) a CUDA graph can capture (F.embedding's
-    backward sorts beyond 3,072 indices and waits for the GPU in the middle, which capture forbids)."""
+    """The rows table[index]. With LOOKUP "index": F.embedding on a CPU, whose backward is fast there (plain
+    indexing's is ~4x slower); index_select on a GPU, whose backward (index_add) a CUDA graph can capture
+    (F.embedding's backward sorts beyond 3,072 indices and waits for the GPU in the middle, which capture
+    forbids). With "onehot": one_hot(index) @ table, whose gradient is one_hot(index).T @ grad."""
+    if LOOKUP == "onehot":
+        return (index[..., None] == torch.arange(table.shape[0], device=index.device)).to(table.dtype) @ table
     return F.embedding(index, table) if table.device.type == "cpu" else table.index_select(0, index)
 
 

@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+import model
 from config import LOSS_DTYPES, Config, model_config
 from core.checkpoint import build_model, load_checkpoint
 from core.training import CapturedStep, evaluate, make_optimizer, train, train_one_epoch
@@ -90,3 +91,23 @@ def test_the_batched_engine_on_cuda_follows_train_py(arch):
         for key in ("train_acc", "test_acc"):
             assert metrics[row][key] == pytest.approx(expected[key], abs=2e-3), (i, key)
         assert metrics[row]["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-3), i
+
+
+@pytest.mark.parametrize("arch", ["mlp", "transformer"])
+def test_the_onehot_lookup_on_cuda_repeats_bit_for_bit_and_follows_the_gather(arch, monkeypatch):
+    """model.LOOKUP = "onehot" (matrix products instead of index_select and its atomic-add backward): two runs of
+    10 batched steps give the same bits, and stay within rounding of the gather (relative_difference)."""
+    base = Config(arch=arch, device="cuda", loss_dtype="float64" if arch == "transformer" else "float32")
+    cfgs = [replace(base, seed=s) for s in range(4)]
+
+    def ten_steps():
+        stack = Stack(cfgs, CUDA)
+        for _ in range(10):
+            stack.train_step(LOSS_DTYPES[base.loss_dtype])
+        return {name: w.detach().clone() for name, w in zip(stack.names, stack.params)}
+
+    gathered = ten_steps()
+    monkeypatch.setattr(model, "LOOKUP", "onehot")
+    first, second = ten_steps(), ten_steps()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert relative_difference(first, gathered) < 1e-3
