@@ -134,7 +134,7 @@ def findings(summary: dict) -> list[str]:
     acc = summary["losses"]["test"]["acc"]
     lines = [f"Model: test accuracy {acc:.1%}, train accuracy {summary['losses']['train']['acc']:.1%}."]
     p, op = summary["config"]["p"], summary["config"]["op"]
-    basis = summary.get("basis", {"name": f"Z_{p}", "n": p, "op": op, "generator": None})  # older summaries: Z_p
+    basis = summary.get("basis", {"n": p, "op": op, "generator": None})  # older summaries: Z_p
     keys, dropped = summary["key_frequencies"], summary.get("key_frequency_candidates", [])
     if basis is None:
         lines.append(f"No Fourier analysis: {summary['no_basis']}.")

@@ -175,6 +175,9 @@ def test_small_p_says_the_rule_does_not_apply(p, expected):
     text = " ".join(findings(summary))
     assert ("not applied" in text) == (expected == "not applicable")
     assert ("memorizing" in text) == (expected == "none")
+    assert (f"Z_{p} has only {p // 2} frequencies" in text) == (expected == "not applicable")
+    del summary["basis"]  # a summary written before the basis was recorded reads as Z_p
+    assert " ".join(findings(summary)) == text
 
 
 def test_findings_name_the_combination_of_the_op():
