@@ -191,6 +191,36 @@ def test_findings_name_the_combination_of_the_op():
     assert "cos(w_k(a+b-c))" in " ".join(findings(summary))
 
 
+def test_findings_spell_out_attention_residual_clock_or_pizza_and_components():
+    """The optional findings, each exactly as printed, from a summary written by hand."""
+    summary = {"losses": {"test": {"acc": 1.0}, "train": {"acc": 1.0}, "all": {"loss": 1e-6}},
+               "config": {"p": 59, "op": "add"}, "structure": "none", "key_frequencies": [], "circuit_size": 8,
+               "attention": [{"head": 0, "mean_to_a": 0.9, "mean_to_b": 0.05, "acc": 0.5},
+                             {"head": 1, "mean_to_a": 0.1, "mean_to_b": 0.8, "acc": 0.25}],
+               "residual_key_directions": {"key_variance_share": 0.75, "keep_key_acc": 1.0, "keep_key_loss": 0.01,
+                                           "remove_key_acc": 0.02, "remove_key_loss": 4.5},
+               "clock_pizza": {"gradient_symmetricity": 0.5, "distance_irrelevance": 0.7, "verdict": "mixed",
+                               "thresholds": {"pizza_if_symmetricity_above": 0.98, "pizza_if_irrelevance_below": 0.6}},
+               "component_ablations": [{"component": "head 0", "mean_acc": 0.5, "mean_loss": 2.0},
+                                       {"component": "mlp", "mean_acc": 0.01, "mean_loss": 6.0},
+                                       {"component": "head 1", "mean_acc": 0.25, "mean_loss": 3.0}]}
+    lines = findings(summary)
+    assert lines[2:] == [
+        "Attention from '=' (averaged over all pairs): head 0: 90% to a, 5% to b, mean-ablated acc 50.0%; "
+        "head 1: 10% to a, 80% to b, mean-ablated acc 25.0%.",
+        "Residual stream at '=': the key-frequency terms hold 75% of its variance; keeping only them gives accuracy "
+        "100.0% (loss 0.01), removing them 2.0% (loss 4.5).",
+        "Clock or pizza (Zhong et al. 2023): gradient symmetricity 0.500, distance irrelevance 0.700: mixed.",
+        "Component ablations: mean-ablating mlp hurts most (accuracy 1.0%, loss 6); the whole table is in the summary "
+        "and component_ablation.png.",
+        "Circuit size: 8 neurons kept (the rest mean-ablated) retain >= 99% accuracy."]
+    summary["clock_pizza"]["verdict"] = "pizza"
+    assert findings(summary)[4].endswith(": pizza (pizza if s_g > 0.98 and q < 0.6, clock if neither).")
+    for key in ("attention", "residual_key_directions", "clock_pizza", "component_ablations"):
+        del summary[key]
+    assert findings(summary)[2:] == [lines[-1]]
+
+
 def test_spectrum_plot_draws_the_rules_threshold(tmp_path, monkeypatch):
     """For an even number of frequencies the median is the lower middle value; the line must sit where
     the rule's threshold is (by hand here: 10 x the lower middle value of 1..6, i.e. 30, over the total)."""
