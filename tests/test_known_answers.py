@@ -678,3 +678,12 @@ def test_progress_measures_without_a_basis_and_a_folder_that_mixes_runs(tmp_path
                     **(common | {"run_id": "another"}))
     with pytest.raises(CheckpointError, match="belongs to another run"):
         replay(tmp_path / "c", progress=False)
+
+
+@pytest.mark.parametrize("n, k", [(58, 2), (58, 29), (59, 7)])
+def test_reindexing_puts_each_phase_in_order_of_position(n, k):
+    """Rows and columns sorted by the phase k*a mod n, ties (k sharing a factor with n, as in mul's Z_58)
+    in increasing a: each phase's positions side by side, in order."""
+    act = torch.arange(n * n, dtype=torch.float64).view(n, n)
+    order = sorted(range(n), key=lambda a: ((k * a) % n, a))
+    assert torch.equal(reindex_by_frequency(act, k), act[order][:, order])
