@@ -206,7 +206,6 @@ def check_analysis_memory(model) -> None:
                               f"has {have / 2**30:.1f} GB available")
 
 
-
 def analyze_checkpoint(checkpoint="checkpoints/model_final.pth", draws: int = 5, progress: bool = False) -> dict:
     """Load a checkpoint, check the analysis fits in memory, analyse it; returns {"model", "grid", "result",
     "summary", "checkpoint" (the loaded file)} (interpretability.py writes the JSON files and plots from these)."""

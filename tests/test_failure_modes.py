@@ -12,11 +12,12 @@ import torch
 
 import plots
 from analysis import fourier
+from analysis import summary as summary_module
 from analysis.circuit import Grid
 from analysis.summary import analyze, findings, summarize
 from config import Config
 from conftest import ROOT, start_training
-from core.checkpoint import load_checkpoint, save_checkpoint
+from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.training import train
 from dataset import make_data
 from model import ToyMLP
@@ -232,3 +233,33 @@ def test_spectrum_plot_draws_the_rules_threshold(tmp_path, monkeypatch):
                                 tmp_path / "s.png")
     line = [ln for ln in drawn["fig"].axes[1].lines if "threshold" in ln.get_label()][0]
     assert line.get_ydata()[0] == pytest.approx(30.0 / 615.0)
+
+
+def test_the_analysis_memory_estimate_and_its_refusal(monkeypatch):
+    """analysis_bytes: three float32 (p*p, neurons) activation grids plus 16 pieces of CHUNK_BYTES; above 80% of
+    the available memory the analysis is refused in one sentence that gives both figures."""
+    monkeypatch.setattr(fourier, "CHUNK_BYTES", 2**30)
+    model = ToyMLP(7, 4, 10)  # readout (10 neurons, 7 logits)
+    need = 3 * 4 * 7 * 7 * 10 + 16 * 2**30
+    assert summary_module.analysis_bytes(model) == need
+    fits = need * 5 // 4 + 8
+    monkeypatch.setattr(summary_module, "available_bytes", lambda device: fits)
+    summary_module.check_analysis_memory(model)
+    monkeypatch.setattr(summary_module, "available_bytes", lambda device: fits - 16)
+    with pytest.raises(CheckpointError) as refused:
+        summary_module.check_analysis_memory(model)
+    assert str(refused.value) == "analysing this p = 7 model needs about 16.0 GB and this machine has 20.0 GB available"
+
+
+def test_analyze_checkpoint_defaults(tmp_path, monkeypatch, capsys):
+    """Called with nothing: checkpoints/model_final.pth, 5 random draws per k, no progress bar."""
+    train(Config(p=23, d_embed=8, d_hidden=16, epochs=3, checkpoint_dir=str(tmp_path / "checkpoints"),
+                 results_dir=str(tmp_path / "results")), progress=False)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    default = summary_module.analyze_checkpoint()
+    assert capsys.readouterr().err == ""
+    assert default["summary"]["checkpoint"] == "checkpoints/model_final.pth"
+    five, six = (summary_module.analyze_checkpoint("checkpoints/model_final.pth", draws)["result"]["ablation_curves"]
+                 for draws in (5, 6))
+    assert default["result"]["ablation_curves"] == five != six
