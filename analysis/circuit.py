@@ -35,6 +35,11 @@ class Grid:
         idx = self.split[split]
         return idx[self.in_basis[self.rows[idx]]] if in_basis else idx
 
+    def loss_acc(self, logits_grid: torch.Tensor) -> tuple[float, float]:
+        """Mean loss and accuracy of (p*p, p) logits over the grid, on every pair the op defines."""
+        loss, correct = cross_entropy_per_row(logits_grid[self.rows], self.y)
+        return loss.mean().item(), correct.double().mean().item()
+
     def chunks(self, index: torch.Tensor | None = None) -> list[torch.Tensor]:
         """index (default: all p*p grid rows) cut into pieces whose (rows, p) float32 logits take at most
         fourier.CHUNK_BYTES: the analysis holds a few such tables per piece, never the whole (p*p, p) grid."""
