@@ -14,9 +14,10 @@ ms per full-batch step of the transformer's forward (what the "=" position needs
 tables) and of its spelled-out all-positions forward (run_with_hooks: every position, every head,
 as the paper's code computes it), then seconds to grok with the transformer's defaults.
 With --sweep: model-steps per second (one full-batch step of one model, evaluation every eval_every
-epochs included) of train.py's loop and of the batched engine at several batch sizes, side by side;
-on a CPU also the batched engine in one process per core (one thread each) against one process with
-every thread.
+epochs included) of train.py's loop and of the batched engine at several batch sizes, side by side,
+with each way of reading the token tables (--lookups index onehot) and, with --compile, its forward
+through torch.compile too; on a CPU also the batched engine in one process per core (one thread each)
+against one process with every thread.
 """
 import argparse
 import multiprocessing
@@ -156,12 +157,13 @@ def single_rate(cfg: Config, epochs: int, graph: bool = True) -> float:
     return _rate(run, epochs, 1, device)
 
 
-def batched_rate(cfg: Config, n_models: int, epochs: int, threads: int = 0) -> float:
-    """Model-steps per second of the batched engine with n_models (seeds 0..n-1), evaluations included."""
+def batched_rate(cfg: Config, n_models: int, epochs: int, threads: int = 0, compiled: bool = False) -> float:
+    """Model-steps per second of the batched engine with n_models (seeds 0..n-1), evaluations included (with
+    compiled, after the compilation, which the warm-up steps trigger)."""
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(cfg.device)
-    stack = Stack([replace(cfg, seed=s) for s in range(n_models)], device)
+    stack = Stack([replace(cfg, seed=s) for s in range(n_models)], device, compiled)
 
     def run(n):
         for epoch in range(1, n + 1):
@@ -187,7 +189,7 @@ def _pool_rate(args) -> float:
     return batched_rate(*args)
 
 
-def bench_sweep(cfg: Config, models, epochs: int, lookups=model.LOOKUPS) -> int:
+def bench_sweep(cfg: Config, models, epochs: int, lookups=model.LOOKUPS, compile_too: bool = False) -> int:
     info = provenance()
     device = resolve_device(cfg.device)
     cores = len(os.sched_getaffinity(0))
@@ -202,8 +204,12 @@ def bench_sweep(cfg: Config, models, epochs: int, lookups=model.LOOKUPS) -> int:
     for n in models:
         for mode in lookups:  # model.LOOKUP: how the token tables' rows are read (side by side)
             model.LOOKUP = mode
-            rate = batched_rate(cfg, n, max(epochs // n, 5) if device.type == "cpu" else epochs)
-            print(f"batched engine, {n:4d} models, {mode:6s} lookup: {rate:8.1f} model-steps/s  ({rate / one:.2f}x)")
+            for compiled in (False, True) if compile_too else (False,):
+                start = time.perf_counter()
+                rate = batched_rate(cfg, n, max(epochs // n, 5) if device.type == "cpu" else epochs, compiled=compiled)
+                took = f", {time.perf_counter() - start:.0f} s with the compilation" if compiled else ""
+                print(f"batched engine, {n:4d} models, {mode:6s} lookup{', compiled' if compiled else ''}: "
+                      f"{rate:8.1f} model-steps/s  ({rate / one:.2f}x{took})")
         model.LOOKUP = "index"
     if device.type == "cpu" and cores > 1:
         with multiprocessing.get_context("spawn").Pool(cores) as pool:
@@ -228,12 +234,14 @@ def main(argv=None) -> int:
     parser.add_argument("--p", type=int, default=113, help="with --sweep: the modulus")
     parser.add_argument("--lookups", nargs="+", choices=model.LOOKUPS, default=list(model.LOOKUPS),
                         help="with --sweep: the batched engine with each way of reading token-table rows (model.LOOKUP)")
+    parser.add_argument("--compile", action="store_true",
+                        help="with --sweep: also the batched engine with its forward through torch.compile")
     args = parser.parse_args(argv)
     cfg = Config(**({"arch": args.arch} | ARCH_DEFAULTS[args.arch]))
     if args.sweep:
         cfg = replace(cfg, p=args.p)
         gpu = resolve_device(cfg.device).type == "cuda"
-        return bench_sweep(cfg, args.models or ([1, 16, 256, 1024] if gpu else [1, 4, 16]), args.epochs, args.lookups)
+        return bench_sweep(cfg, args.models or ([1, 16, 256, 1024] if gpu else [1, 4, 16]), args.epochs, args.lookups, args.compile)
     if args.arch == "transformer":
         return bench_transformer(cfg, args)
     info = provenance()

@@ -59,7 +59,9 @@ def check_batchable(cfgs: list[Config]) -> None:
 class Stack:
     """The models still training: stacked parameters, AdamW state, per-model settings and data."""
 
-    def __init__(self, cfgs: list[Config], device):
+    def __init__(self, cfgs: list[Config], device, compiled: bool = False):
+        """compiled: the training step's forward (and so its backward) through torch.compile, which fuses the
+        lookups, the add and the activation; the same values to float rounding, after a compilation."""
         # Rows sorted by update rule (core.optim.Method: AdamW's settings and the accelerators'), so the models
         # sharing one are a slice (see update); index[row] is the row's position in the caller's list.
         order = sorted(range(len(cfgs)), key=lambda i: Method.of(cfgs[i]))
@@ -90,6 +92,7 @@ class Stack:
         self.noisy = any(c.label_noise for c in cfgs)
         self.noise_scale = [c.embed_noise for c in cfgs]
         self.noise_gens = [torch.Generator().manual_seed(c.seed ^ EMBED_NOISE_SEED) for c in cfgs]
+        self.train_logits = torch.compile(self.logits) if compiled else self.logits
 
     def __len__(self):
         return len(self.index)
@@ -131,7 +134,7 @@ class Stack:
         """One full-batch step of every model (its own update rule); returns (N,) losses (a non-finite one: that
         model diverged; its weights are no longer finite and the caller removes it, the others are unaffected)."""
         idx = self.train_idx
-        logits = self.logits(self.a[idx], self.b[idx], self.embed_noise(idx.device))  # (N, width, p)
+        logits = self.train_logits(self.a[idx], self.b[idx], self.embed_noise(idx.device))  # (N, width, p)
         y = self.y_fit.gather(1, idx)
         ce = per_row_loss(logits.to(loss_dtype).flatten(0, 1), y.flatten(), loss_kind).view(idx.shape)
         losses = torch.where(self.pad, ce, 0).sum(1) / self.n_train  # the mean over each model's own split
@@ -227,13 +230,14 @@ def padded(splits: list[torch.Tensor], device, multiple: int = 1) -> tuple[torch
     return idx.to(device), pad.to(device), counts.to(device)
 
 
-def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | None = None) -> list[dict]:
+def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | None = None,
+                  compiled: bool = False) -> list[dict]:
     """Train every configuration in `cfgs` side by side; returns, in the same order, one dict per model:
     {"status": "done" | "diverged", "summary": training.make_summary's dict, "history": ...}. save_dirs[i],
-    if given, receives model i's model_final.pth (train.py's checkpoint schema)."""
+    if given, receives model i's model_final.pth (train.py's checkpoint schema). compiled: see Stack."""
     check_batchable(cfgs)
     device = resolve_device(cfgs[0].device)
-    stack = Stack(cfgs, device)
+    stack = Stack(cfgs, device, compiled)
     loss_dtype = LOSS_DTYPES[cfgs[0].loss_dtype]
     eval_every = cfgs[0].eval_every
     histories = [new_history() for _ in cfgs]
