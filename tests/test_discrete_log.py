@@ -80,6 +80,8 @@ def test_the_analysis_finds_exactly_the_discrete_log_circuit(op):
     assert f["key_frequency_evidence"][29]["neurons"] == 6 and f["key_frequency_evidence"][29]["key"]
     summary = summarize(result, "built", {"p": P, "op": op})
     assert summary["basis"]["name"] == f"discrete log base {G} (Z_{P - 1})"
+    assert summary["basis"]["pairs"].startswith("pairs without a 0 operand")
+    assert summary["key_frequency_candidates"] == f["key_frequency_candidates"] == KEYS
     assert summary["structure"] == "clear"
 
 

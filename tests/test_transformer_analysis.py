@@ -143,6 +143,7 @@ def test_run_writes_the_attention_plot_and_the_head_summary(tmp_path):
     heads = saved["attention"]
     assert [round(h["mean_to_a"], 6) for h in heads] == [1.0, 0.0]
     assert [round(h["mean_to_b"], 6) for h in heads] == [0.0, 1.0]
+    assert [h["mean_to_eq"] for h in heads] == pytest.approx([0.0, 0.0], abs=1e-6)
     text = " ".join(findings(saved))
     assert "head 0: 100% to a, 0% to b" in text and "head 1: 0% to a, 100% to b" in text
 
