@@ -259,7 +259,10 @@ def test_analyze_checkpoint_defaults(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     default = summary_module.analyze_checkpoint()
     assert capsys.readouterr().err == ""
-    assert default["summary"]["checkpoint"] == "checkpoints/model_final.pth"
+    assert default["summary"]["checkpoint"] == "checkpoints/model_final.pth" and default["checkpoint"]["epoch"] == 3
+    assert default["summary"]["basis"]["pairs"] == "all pairs"
+    summary_module.analyze_checkpoint(progress=True)
+    assert "single-neuron ablations" in capsys.readouterr().err
     five, six = (summary_module.analyze_checkpoint("checkpoints/model_final.pth", draws)["result"]["ablation_curves"]
                  for draws in (5, 6))
     assert default["result"]["ablation_curves"] == five != six
