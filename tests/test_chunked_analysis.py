@@ -105,3 +105,23 @@ def test_neuron_groups_fill_the_memory_budget_and_no_more(budget_neurons, spare_
     monkeypatch.setattr(fourier, "CHUNK_BYTES", 8 * p * p * budget_neurons + spare_bytes)
     torch.testing.assert_close(fourier.neuron_frequency_fractions(acts), whole, rtol=1e-6, atol=1e-7)
     assert sizes == [budget_neurons] * (n // budget_neurons) + ([n % budget_neurons] if n % budget_neurons else [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grid_activations_in_chunks_are_the_cache_over_every_pair(dtype, monkeypatch):
+    """grid_activations fills its (p, p, d) grids chunk by chunk: equal to one run_with_cache over all p*p pairs,
+    in the model's own precision."""
+    from analysis.circuit import grid_activations
+
+    torch.manual_seed(0)
+    model = ToyMLP(11, 8, 16).to(dtype)
+    grid = grid_for(11, "add")
+    monkeypatch.setattr(fourier, "CHUNK_BYTES", 4 * 11 * 30)  # 30 pairs per chunk: 5 chunks
+    assert len(grid.chunks()) == 5
+    out = grid_activations(model, grid, ("hidden_pre", "hidden_post", "logits"))
+    with torch.no_grad():
+        cache = model.run_with_cache(grid.a, grid.b)[1]
+    for name in ("hidden_pre", "hidden_post"):  # (a chunk's matrix products may round differently in float32)
+        assert out[name].dtype == dtype
+        torch.testing.assert_close(out[name], cache[name].reshape(11, 11, -1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out["logits"], cache["logits"], rtol=1e-6, atol=1e-6)
