@@ -50,7 +50,7 @@ class Grid:
         """The basis's n*n position pairs (indices, in basis order) in chunks."""
         return self.chunks(torch.arange(self.basis.n**2))
 
-    def scores(self, variants, split: str = "all", in_basis: bool = False) -> list:
+    def scores(self, variants, split: str, in_basis: bool = False) -> list:
         """Loss and accuracy (as loss_acc) of several logit variants over a split, one chunk at a time:
         variants(pairs) yields each variant's (rows, p) logits on the grid rows `pairs` (the same number of
         variants for every chunk, so work shared by the variants is done once per chunk). [(loss, acc), ...]"""

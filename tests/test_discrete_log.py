@@ -82,6 +82,7 @@ def test_the_analysis_finds_exactly_the_discrete_log_circuit(op):
     assert summary["basis"]["name"] == f"discrete log base {G} (Z_{P - 1})"
     assert summary["basis"]["pairs"].startswith("pairs without a 0 operand")
     assert summary["key_frequency_candidates"] == f["key_frequency_candidates"] == KEYS
+    assert summary["key_frequency_evidence"] == f["key_frequency_evidence"] and summary["key_frequency_evidence"][29]["key"]
     assert summary["structure"] == "clear"
 
 
