@@ -100,6 +100,13 @@ def test_the_zero_pairs_are_left_out_of_the_restricted_loss():
     loss, _ = cross_entropy_per_row(logits[grid.rows[nonzero]], grid.y[nonzero])
     assert losses["restricted_loss"] == pytest.approx(loss.mean().item(), rel=1e-6)
     assert losses["restricted_loss"] != pytest.approx(grid.loss_acc(logits)[0], rel=1e-3)
+    # without the key waves only each class's mean over the non-zero pairs is left: the excluded loss is that
+    # constant's loss on the non-zero training pairs
+    constant = logits[grid.rows[nonzero]].double().mean(0)
+    train = grid.pairs("train", in_basis=True)
+    assert len(train) < len(grid.pairs("train"))
+    loss, _ = cross_entropy_per_row(constant.expand(len(train), -1), grid.y[train])
+    assert losses["excluded_loss"] == pytest.approx(loss.mean().item(), rel=1e-6)
 
 
 def test_a_random_network_has_no_key_frequencies_in_the_log_basis():
