@@ -40,9 +40,16 @@ def test_bases_by_hand():
     assert mul.grid_rows(7)[:3].tolist() == [1 * 7 + 1, 1 * 7 + 3, 1 * 7 + 2]
     grid = torch.arange(49).reshape(7, 7)
     assert mul.grid(grid)[1, 2].item() == 3 * 7 + 2 and mul.table(torch.arange(7) * 10)[3].item() == 60
-    for p, op in ((12, "mul"), (9, "div"), (2, "mul")):
-        with pytest.raises(fourier.NoBasis, match="not an odd prime"):
+    assert (add.name, mul.name) == ("Z_7", "discrete log base 3 (Z_6)")
+    three = fourier.basis_for(3, "mul")  # the smallest odd prime: 2 generates {1, 2}
+    assert (three.n, three.generator, three.tokens.tolist()) == (2, 2, [1, 2])
+    for p, op in ((12, "mul"), (9, "div"), (2, "mul"), (4, "mul"), (8, "div")):
+        with pytest.raises(fourier.NoBasis, match=f"^op {op} mod {p}: {p} is not an odd prime, so the non-zero residues "
+                           "are not a cyclic group \\(zero divisors, and no generator in general\\) and there is no "
+                           "discrete-log basis$"):
             fourier.basis_for(p, op)
+    with pytest.raises(fourier.NoBasis, match="^op 'pow' has no known basis$"):
+        fourier.basis_for(7, "pow")
 
 
 @pytest.mark.parametrize("op", ["mul", "div"])
