@@ -144,7 +144,11 @@ def test_run_writes_the_attention_plot_and_the_head_summary(tmp_path):
     assert [round(h["mean_to_a"], 6) for h in heads] == [1.0, 0.0]
     assert [round(h["mean_to_b"], 6) for h in heads] == [0.0, 1.0]
     assert [h["mean_to_eq"] for h in heads] == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert [h["head"] for h in heads] == [0, 1]
+    assert {row["component"] for row in saved["component_ablations"]} >= {"head 0", "head 1"}
+    assert 0.99 < saved["residual_key_directions"]["key_variance_share"] <= 1.0 + 1e-9
     text = " ".join(findings(saved))
+    assert "Residual stream at '=': the key-frequency terms hold" in text and "Component ablations:" in text
     assert "head 0: 100% to a, 0% to b" in text and "head 1: 0% to a, 100% to b" in text
 
 
