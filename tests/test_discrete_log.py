@@ -150,6 +150,10 @@ def test_the_key_frequency_rule_by_hand():
     assert keys == [3, 7, 11]  # 9: no neuron and 1.9x; 11: no neuron but exactly 2x
     assert evidence[9] == {"neurons": 0, "removal_loss_ratio": 1.9, "key": False}
     assert evidence[3]["neurons"] == 1 and evidence[7]["neurons"] == 1 and evidence[11]["removal_loss_ratio"] == 2.0
+    # a neuron with exactly half its variance in k counts; the ratio is the removal's loss over the base loss
+    keys, evidence = select_key_frequencies([5, 6], [5, 6], [0.5, 0.49], [{"loss": 3.0}, {"loss": 3.0}], 2.0)
+    assert keys == [5] and evidence[5]["neurons"] == 1 and evidence[6] == {"neurons": 0, "removal_loss_ratio": 1.5,
+                                                                           "key": False}
     # a model whose loss rounds to exactly 0: any removal that costs something counts as an infinite ratio
     keys, evidence = select_key_frequencies([9], neuron_freq, share, [{"loss": 1e-9}], 0.0)
     assert keys == [9] and evidence[9]["removal_loss_ratio"] == float("inf")

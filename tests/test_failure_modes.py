@@ -266,3 +266,5 @@ def test_analyze_checkpoint_defaults(tmp_path, monkeypatch, capsys):
     five, six = (summary_module.analyze_checkpoint("checkpoints/model_final.pth", draws)["result"]["ablation_curves"]
                  for draws in (5, 6))
     assert default["result"]["ablation_curves"] == five != six
+    with torch.no_grad():  # analyze's own default is the same 5 draws
+        assert analyze(default["model"], default["grid"])["ablation_curves"] == five
