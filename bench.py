@@ -201,16 +201,19 @@ def bench_sweep(cfg: Config, models, epochs: int, lookups=model.LOOKUPS, compile
     if device.type == "cuda":
         eager = single_rate(cfg, epochs, graph=False)
         print(f"one model, eager step (no CUDA graph): {eager:6.1f} model-steps/s  ({1e3 / eager:.3f} ms per step)")
-    for n in models:
-        for mode in lookups:  # model.LOOKUP: how the token tables' rows are read (side by side)
-            model.LOOKUP = mode
-            for compiled in (False, True) if compile_too else (False,):
-                start = time.perf_counter()
-                rate = batched_rate(cfg, n, max(epochs // n, 5) if device.type == "cpu" else epochs, compiled=compiled)
-                took = f", {time.perf_counter() - start:.0f} s with the compilation" if compiled else ""
-                print(f"batched engine, {n:4d} models, {mode:6s} lookup{', compiled' if compiled else ''}: "
-                      f"{rate:8.1f} model-steps/s  ({rate / one:.2f}x{took})")
-        model.LOOKUP = "index"
+    chosen = model.LOOKUP
+    try:
+        for n in models:
+            for mode in lookups:  # model.LOOKUP: how the token tables' rows are read (side by side)
+                model.LOOKUP = mode
+                for compiled in (False, True) if compile_too else (False,):
+                    start = time.perf_counter()
+                    rate = batched_rate(cfg, n, max(epochs // n, 5) if device.type == "cpu" else epochs, compiled=compiled)
+                    took = f", {time.perf_counter() - start:.0f} s with the compilation" if compiled else ""
+                    print(f"batched engine, {n:4d} models, {mode:6s} lookup{', compiled' if compiled else ''}: "
+                          f"{rate:8.1f} model-steps/s  ({rate / one:.2f}x{took})")
+    finally:
+        model.LOOKUP = chosen  # the caller's choice again (a notebook may have set it)
     if device.type == "cpu" and cores > 1:
         with multiprocessing.get_context("spawn").Pool(cores) as pool:
             for n in (1, 4):

@@ -135,7 +135,7 @@ def test_what_one_batch_cannot_mix_is_refused(change, message):
 def test_the_compiled_forward_trains_as_the_plain_one():
     """Stack(compiled=True): the training step's forward through torch.compile; three steps of two models give
     the same losses and weights to float rounding."""
-    cfgs = [Config(p=23, d_embed=16, d_hidden=32, seed=s, weight_decay=wd) for s, wd in ((0, 1.0), (1, 0.3))]
+    cfgs = [Config(**SMALL["mlp"], seed=s, weight_decay=wd) for s, wd in ((0, 1.0), (1, 0.3))]
     plain, compiled = Stack(cfgs, torch.device("cpu")), Stack(cfgs, torch.device("cpu"), compiled=True)
     for _ in range(3):
         torch.testing.assert_close(compiled.train_step(torch.float32), plain.train_step(torch.float32),

@@ -10,17 +10,14 @@ import pytest
 import torch
 
 import model
-from config import ARCH_DEFAULTS, LOSS_DTYPES, Config, model_config
+from config import LOSS_DTYPES, Config, model_config
 from core.checkpoint import build_model
 from dataset import make_data
 from sweeps.batched import Stack
-
-ARCHS = {"mlp": {"p": 23, "d_embed": 16, "d_hidden": 32},
-         "transformer": {"p": 23, "d_model": 32, "n_heads": 2, "d_mlp": 64, **ARCH_DEFAULTS["transformer"]}}
-
+from test_batched import SMALL
 
 def config(arch):
-    return Config(arch=arch, **ARCHS[arch])
+    return Config(arch=arch, **SMALL[arch])
 
 
 def built(cfg, dtype=torch.float32):
@@ -29,10 +26,10 @@ def built(cfg, dtype=torch.float32):
 
 
 def with_lookup(mode, fn, monkeypatch):
-    monkeypatch.setattr(model, "LOOKUP", mode)
-    out = fn()
-    monkeypatch.setattr(model, "LOOKUP", "index")
-    return out
+    """fn() with model.LOOKUP set to mode, then the lookup as it was."""
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "LOOKUP", mode)
+        return fn()
 
 
 def train_loss(net, data):
@@ -45,7 +42,7 @@ def loss_and_grads(net, data):
     return loss, torch.autograd.grad(loss, list(net.parameters()))
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", SMALL)
 def test_onehot_forward_is_the_gather_bit_for_bit_and_its_gradient_to_rounding(arch, monkeypatch):
     cfg = config(arch)
     net, data = built(cfg), make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed)
@@ -59,7 +56,7 @@ def test_onehot_forward_is_the_gather_bit_for_bit_and_its_gradient_to_rounding(a
     assert max(g.abs().max() for g in grads) > 1e-3  # a real gradient, not zeros
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", SMALL)
 def test_ten_float64_adamw_steps_agree(arch, monkeypatch):
     cfg = config(arch)
     data = make_data(cfg.p, cfg.op, cfg.train_frac, cfg.data_seed)
@@ -81,7 +78,7 @@ def test_ten_float64_adamw_steps_agree(arch, monkeypatch):
         torch.testing.assert_close(v, w, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", SMALL)
 def test_the_batched_engine_takes_the_onehot_lookup_too(arch, monkeypatch):
     """Under vmap, per model: the same losses and, to rounding, the same first step."""
     cfgs = [replace(config(arch), seed=s, weight_decay=wd) for s, wd in ((0, 1.0), (1, 0.3))]
