@@ -63,7 +63,7 @@ def measure(checkpoint: str, chunks: int, out: Path) -> None:
     f = result["fourier"]
     if f["basis"] is not None:  # neither depends on the cut-short loops
         clusters = Counter(k for k, share in zip(f["neuron_frequency"], f["neuron_frequency_fraction"])
-                           if share >= circuit.NEURON_FRACTION)
+                           if circuit.in_cluster(share))
         print(f"spectrum candidates {f['key_frequency_candidates']}; neurons with >= {circuit.NEURON_FRACTION:.0%} "
               f"of their variance in one frequency: {dict(sorted(clusters.items()))}")
     print(f"lifetime peak: {peak_mb():,} MB resident (the last phase's; each phase's is above)")

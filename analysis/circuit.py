@@ -126,6 +126,11 @@ NEURON_FRACTION = 0.5  # a neuron belongs to frequency k's cluster when k holds 
 REMOVAL_LOSS_RATIO = 2.0  # or: removing k from the embedding multiplies the loss on all pairs by >= this
 
 
+def in_cluster(share: float) -> bool:
+    """Whether a neuron whose best frequency holds this share of its variance belongs to that frequency's cluster."""
+    return share >= NEURON_FRACTION
+
+
 def select_key_frequencies(candidates, neuron_freq, best_fraction, removal: list[dict], base_loss) -> tuple:
     """The key-frequency rule. A candidate stands out of the spectrum (fourier.key_frequencies:
     >= KEY_RATIO x the median power); it is a key frequency only if it matters as well: at least one
@@ -133,7 +138,7 @@ def select_key_frequencies(candidates, neuron_freq, best_fraction, removal: list
     removal: frequency_removal of each candidate alone. Returns (keys, evidence per candidate)."""
     evidence = {}
     for k, case in zip(candidates, removal):
-        neurons = sum(1 for f, share in zip(neuron_freq, best_fraction) if f == k and share >= NEURON_FRACTION)
+        neurons = sum(1 for f, share in zip(neuron_freq, best_fraction) if f == k and in_cluster(share))
         ratio = case["loss"] / base_loss if base_loss > 0 else float("inf")
         evidence[k] = {"neurons": neurons, "removal_loss_ratio": ratio,
                        "key": neurons >= 1 or ratio >= REMOVAL_LOSS_RATIO}
@@ -161,7 +166,7 @@ def fourier_analysis(model, grid) -> dict:
         singles = [frequency_removal(model, grid, [k]) for k in candidates]  # each candidate removed alone
         keys, evidence = select_key_frequencies(candidates, neuron_freq, best_fraction.tolist(), singles,
                                                 grid.score(model)[0])
-        assigned = [k if k in keys and f >= NEURON_FRACTION else None for k, f in zip(neuron_freq, best_fraction)]
+        assigned = [k if k in keys and in_cluster(f) else None for k, f in zip(neuron_freq, best_fraction)]
         explained, alphas = fourier.logit_fit_chunked(lambda: basis_logit_chunks(model, grid), keys)
         losses = key_frequency_losses(model, grid, keys)
     return {

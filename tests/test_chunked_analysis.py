@@ -125,3 +125,10 @@ def test_grid_activations_in_chunks_are_the_cache_over_every_pair(dtype, monkeyp
         assert out[name].dtype == dtype
         torch.testing.assert_close(out[name], cache[name].reshape(11, 11, -1), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(out["logits"], cache["logits"], rtol=1e-6, atol=1e-6)
+
+
+def test_row_blocks_hold_as_many_rows_as_fit_and_at_least_one(monkeypatch):
+    monkeypatch.setattr(neurons, "CACHE_BYTES", 4 * 10 * 3)  # three float32 rows of 10
+    assert row_blocks(torch.zeros(7, 10)) == [slice(0, 3), slice(3, 6), slice(6, 9)]
+    monkeypatch.setattr(neurons, "CACHE_BYTES", 4 * 10 - 1)  # less than one row: one row at a time
+    assert row_blocks(torch.zeros(3, 10)) == [slice(0, 1), slice(1, 2), slice(2, 3)]

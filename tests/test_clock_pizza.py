@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from analysis import clock_pizza as cp
+from analysis.circuit import Grid
+from analysis.summary import analyze
 from core.transformer import Transformer
+from dataset import make_data
 from handbuilt import (
     discrete_log_model,
     fourier_transformer,
@@ -352,6 +355,10 @@ def test_subtraction_clock():
         model.b_U.copy_(torch.randn(P, generator=torch.Generator().manual_seed(4)))
     assert cp.clock_or_pizza(model, P, op="sub")["distance_irrelevance"] == pytest.approx(1.0, abs=1e-6)
     assert cp.distance_irrelevance(cp.correct_logit_grid(model, P, "sub"), sign=1) == pytest.approx(0.0, abs=1e-4)
+    data = make_data(P, "sub", 0.3, 0)
+    with torch.no_grad():  # the whole analysis reads it as sub too
+        result = analyze(model, Grid(P, "sub", data.train_idx, data.test_idx), draws=1)["clock_pizza"]
+    assert result["distance_irrelevance"] == pytest.approx(1.0, abs=1e-6) and "not commutative" in result["note"]
 
 
 @pytest.mark.parametrize("s_g, q, expected", [

@@ -185,3 +185,20 @@ def test_a_frequency_that_stands_out_but_does_not_matter_is_not_key():
     assert f["key_frequency_candidates"] == [4, 11, 13]
     assert f["key_frequencies"] == keys
     assert f["key_frequency_evidence"][13]["neurons"] == 0 and f["key_frequency_evidence"][13]["removal_loss_ratio"] < 1.1
+
+
+def test_grid_score_in_basis_leaves_out_the_pairs_with_a_zero_operand():
+    """Logits right on every pair with no 0 operand and wrong on the others: in the basis the accuracy is 1
+    and the loss is taken over the (p - 1)^2 covered pairs only; over all pairs both show the wrong ones."""
+    p = 7
+    grid = grid_for(p)
+    y = grid.a * grid.b % p  # the answer at each grid position (a, b)
+    logits = torch.nn.functional.one_hot(y, p).double() * 10  # (p*p, p) over the grid
+    has_zero = (grid.a == 0) | (grid.b == 0)
+    logits[has_zero] = logits[has_zero].roll(1, dims=1)
+    covered = ~has_zero
+    assert grid.score(logits, in_basis=True) == pytest.approx(
+        (float(cross_entropy_per_row(logits[covered], y[covered])[0].mean()), 1.0))
+    loss, acc = grid.score(logits)
+    assert acc == pytest.approx((p - 1) ** 2 / p**2)
+    assert loss == pytest.approx(float(cross_entropy_per_row(logits, y)[0].mean()))

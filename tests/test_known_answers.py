@@ -23,7 +23,7 @@ from analysis.progress_measures import progress_measures, replay
 from analysis.summary import analyze, findings, structure
 from core.checkpoint import CheckpointError, save_checkpoint
 from dataset import make_data
-from handbuilt import annotated_model, direct_cross_entropy, handbuilt_model, with_constant_neurons
+from handbuilt import annotated_model, direct_cross_entropy, handbuilt_model, with_constant_neurons, with_weights
 from model import ToyMLP
 
 P, KEYS = 59, [4, 11, 23]
@@ -202,6 +202,34 @@ def test_fourier_analysis_of_the_annotated_network():
     expected = 1 - float(P * P * (bias**2).sum() / (centred**2).sum())
     assert f["logit_variance_explained"] == pytest.approx(expected, abs=1e-6)
     assert expected < 0.999  # the bias is large enough to matter
+
+
+def test_a_neuron_outside_the_key_frequencies_is_in_no_cluster():
+    """The hand-built circuit plus one neuron that reads 0.1 cos(w_7 a) from a new embedding column and
+    writes nothing: squared, its variance is all at frequency 14 (cos^2 = (1 + cos 2x) / 2), which no
+    neuron's input carries, so it joins no cluster. 7 stands out of the input spectrum but has no neuron
+    and its removal leaves the loss as it is (ratio 1 to the model's own loss): not a key frequency."""
+    core, freq = handbuilt_model(P, KEYS)
+    model = ToyMLP(P, core.d_embed + 1, core.d_hidden + 1, activation="quadratic")
+    W_E, W_in, W_U = (torch.zeros_like(w, dtype=torch.float64) for w in (model.W_E, model.W_in, model.W_U))
+    W_E[:, :-1], W_U[:-1] = core.W_E, core.W_U
+    W_in[:core.d_embed, :-1] = core.W_in[:core.d_embed]  # operand a's rows, then b's
+    W_in[core.d_embed + 1:-1, :-1] = core.W_in[core.d_embed:]
+    W_E[:, -1] = torch.cos(2 * math.pi * 7 * torch.arange(P, dtype=torch.float64) / P)
+    W_in[core.d_embed, -1] = 0.1
+    model = with_weights(model, W_E, W_in, W_U)
+    grid = grid_for()
+    with torch.no_grad():
+        f = fourier_analysis(model, grid)
+    assert f["key_frequency_candidates"] == sorted(KEYS + [7]) and f["key_frequencies"] == KEYS
+    assert (f["neuron_frequency"][-1], f["neuron_frequency_fraction"][-1]) == (14, pytest.approx(1.0, abs=1e-5))
+    assert f["neuron_cluster"] == freq + [None]
+    assert f["key_frequency_evidence"][7] == {"neurons": 0, "removal_loss_ratio": pytest.approx(1.0, abs=1e-6),
+                                              "key": False}
+    base = direct_loss_acc(model, grid)[0]
+    removed = {case["frequencies"][0]: case["loss"] for case in f["frequency_ablation"][:-1]}
+    for k in KEYS:
+        assert f["key_frequency_evidence"][k]["removal_loss_ratio"] == pytest.approx(removed[k] / base, rel=1e-4)
 
 
 def test_the_analysis_of_sub_uses_a_minus_b():
@@ -591,6 +619,8 @@ def test_random_curves_are_the_seeded_draws_by_weight_surgery():
         again = ablation_curves(model, grid, torch.arange(d), draws=draws, seed=seed)
         other = ablation_curves(model, grid, torch.arange(d), draws=draws, seed=seed + 1)
     assert curves == again and curves != other  # reproducible, and the seed matters
+    with torch.no_grad():  # by default 5 draws from seed 0
+        assert ablation_curves(model, grid, torch.arange(d)) == ablation_curves(model, grid, torch.arange(d), 5, 0)
     gen = torch.Generator().manual_seed(seed)
     for mode in ("ablate", "keep"):
         for i, k in enumerate(curves["k"]):
