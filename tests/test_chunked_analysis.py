@@ -132,3 +132,11 @@ def test_row_blocks_hold_as_many_rows_as_fit_and_at_least_one(monkeypatch):
     assert row_blocks(torch.zeros(7, 10)) == [slice(0, 3), slice(3, 6), slice(6, 9)]
     monkeypatch.setattr(neurons, "CACHE_BYTES", 4 * 10 - 1)  # less than one row: one row at a time
     assert row_blocks(torch.zeros(3, 10)) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+
+
+def test_grid_chunks_hold_as_many_rows_as_fit_and_at_least_one(monkeypatch):
+    grid = grid_for(7, "add")
+    monkeypatch.setattr(fourier, "CHUNK_BYTES", 4 * 7 * 20)  # 20 float32 logit rows of p = 7
+    assert [len(c) for c in grid.chunks()] == [20, 20, 9] and torch.equal(torch.cat(grid.chunks()), torch.arange(49))
+    monkeypatch.setattr(fourier, "CHUNK_BYTES", 4 * 7 - 1)  # less than one row: one row at a time
+    assert [c.tolist() for c in grid.chunks(torch.tensor([5, 2, 9]))] == [[5], [2], [9]]

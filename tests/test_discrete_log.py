@@ -197,6 +197,7 @@ def test_grid_score_in_basis_leaves_out_the_pairs_with_a_zero_operand():
     has_zero = (grid.a == 0) | (grid.b == 0)
     logits[has_zero] = logits[has_zero].roll(1, dims=1)
     covered = ~has_zero
+    assert (grid.position[has_zero] == -1).all() and grid.position[covered].sort()[0].tolist() == list(range(36))
     assert grid.score(logits, in_basis=True) == pytest.approx(
         (float(cross_entropy_per_row(logits[covered], y[covered])[0].mean()), 1.0))
     loss, acc = grid.score(logits)
