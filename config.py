@@ -51,6 +51,8 @@ class Config:
     epochs: int = _f(10000, "maximum number of epochs", "optimisation")
     stop_after_grok: float = _f(3.0, "stop at this multiple of the grokking epoch, so the clean-up phase "
                                      "is seen; 0 = always run all --epochs", "optimisation")
+    stop_at_cleanup_end: bool = _f(False, "also stop at the first snapshot after grokking at which the weight norm "
+                                          "no longer falls: where progress.py's clean-up phase ends", "optimisation")
     seed: int = _f(0, "seed of the model's initialisation, batch order and embedding noise", "optimisation")
     # accelerators: published ways to grok sooner (core/optim.py), each off by default
     optimizer: str = _f("adamw", "adamw, or muon: Muon on the hidden weight matrices (its step scaled to AdamW's "
@@ -102,7 +104,7 @@ PRESETS = {
                 "checkpoint_every": 10},
 }
 # Settings that may change when resuming; the rest define the run and come from the checkpoint.
-RESUME_OVERRIDABLE = {"epochs", "stop_after_grok", "device", "eval_every", "checkpoint_every",
+RESUME_OVERRIDABLE = {"epochs", "stop_after_grok", "stop_at_cleanup_end", "device", "eval_every", "checkpoint_every",
                       "snapshot_every", "checkpoint_dir", "results_dir", "wandb"}
 
 

@@ -20,7 +20,7 @@ import torch
 
 from config import Config, check_memory, config_from_args, validate
 from core.checkpoint import CheckpointError
-from core.training import NonFiniteLoss, StoppedAtOnce, reached_stop_rule, train
+from core.training import NonFiniteLoss, StoppedAtOnce, norm_stopped_falling, snapshot_epochs, stop_rule, train
 from core.utils import check_output_dir, first_epoch_at, resolve_device
 from core.wandb_log import import_wandb
 
@@ -33,9 +33,12 @@ def check_unfinished(resume: dict, cfg: Config, path) -> None:
     if epoch >= cfg.epochs:
         raise ValueError(f"the checkpoint is already at epoch {epoch}: to go on, pass a larger --epochs ({extend})")
     grokked = first_epoch_at(resume["history"], "test_acc")
-    if reached_stop_rule(cfg, grokked, epoch):
+    history = resume["history"]
+    stopped = stop_rule(cfg, grokked, epoch, cfg.stop_at_cleanup_end and norm_stopped_falling(
+        history, snapshot_epochs(cfg.epochs, cfg.snapshot_every), epoch))
+    if stopped:
         raise ValueError(f"the run is finished: it grokked at epoch {grokked} and stopped at epoch {epoch} "
-                         f"({cfg.stop_after_grok:g} x that). To extend it: {extend}")
+                         f"({stopped}). To extend it: {extend}")
 
 
 def main(argv=None) -> int:

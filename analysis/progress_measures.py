@@ -33,11 +33,13 @@ ONSETS = {"excluded_loss": "up", "fourier_gini": "up", "restricted_loss": "down"
 
 
 def snapshot_measures(model, grid: Grid, keys: list[int]) -> dict:
-    """The progress measures of one model."""
+    """The progress measures of one model: its logits over the grid computed once where they fit in one chunk,
+    else chunk by chunk for each measure."""
     with torch.no_grad():
-        train_loss, train_acc = grid.score(model, "train")  # chunk by chunk over the pairs
-        test_loss, test_acc = grid.score(model, "test")
-        key_losses = (key_frequency_losses(model, grid, keys) if grid.basis is not None  # no basis: not measured
+        logits = model(grid.a, grid.b) if len(grid.chunks()) == 1 else model
+        train_loss, train_acc = grid.score(logits, "train")
+        test_loss, test_acc = grid.score(logits, "test")
+        key_losses = (key_frequency_losses(logits, grid, keys) if grid.basis is not None  # no basis: not measured
                       else {"restricted_loss": None, "excluded_loss": None})
         power = (fourier.power_per_frequency(grid.basis.table(token_embedding(model)))
                  if grid.basis is not None else None)

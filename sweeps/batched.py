@@ -30,7 +30,7 @@ from tqdm import tqdm
 from config import LOSS_DTYPES, Config, model_config, step_bytes
 from core.checkpoint import build_model, save_checkpoint
 from core.optim import Method, model_norms, new_state, per_row_loss, update_
-from core.training import EMBED_NOISE_SEED, eval_rows, make_summary, new_history, reached_stop_rule, record, score_pairs
+from core.training import EMBED_NOISE_SEED, eval_rows, make_summary, new_history, record, score_pairs, stop_rule
 from core.utils import ACCURACY_BAR, resolve_device
 from dataset import make_data, table_size, train_size
 from model import squared_norm
@@ -54,6 +54,9 @@ def check_batchable(cfgs: list[Config]) -> None:
         raise ValueError(f"one batch must share {', '.join(BATCH_KEY)}; these differ: {', '.join(differ)}")
     if cfgs[0].batch_size:
         raise ValueError("the batched engine trains full batch only (batch_size 0); use training.train for minibatches")
+    if any(c.stop_at_cleanup_end for c in cfgs):
+        raise ValueError("the batched engine keeps no snapshots, so it cannot stop where the clean-up ends; "
+                         "use training.train for stop_at_cleanup_end")
 
 
 class Stack:
@@ -166,11 +169,12 @@ class Stack:
     @torch.no_grad()
     def evaluate(self) -> list[dict]:
         """Per model: the metrics training.evaluate records (same keys, labels and chunks of pairs, so the same
-        numbers while train.py's chunk of EVAL_LOGITS logits fits EVAL_BYTES for all models; beyond that, chunks
+        numbers while train.py's chunk (eval_rows) fits EVAL_BYTES for all models; beyond that, chunks
         of EVAL_BYTES). Reduced on the device and copied to the host once (a GPU waits once per evaluation,
         not once per model)."""
         n, p = len(self), self.skeleton.p
-        rows = eval_rows(p) if n * eval_rows(p) * p * 4 <= EVAL_BYTES else max(1, EVAL_BYTES // (4 * p * n))
+        rows = eval_rows(p, self.y.device)
+        rows = rows if n * rows * p * 4 <= EVAL_BYTES else max(1, EVAL_BYTES // (4 * p * n))
         scores = {}
         for split, idx in (("train", self.train_idx), ("test", self.test_idx)):
             y = self.y_fit.gather(1, idx) if split == "train" else self.y[idx]
@@ -287,14 +291,14 @@ def train_batched(cfgs: list[Config], progress: bool = False, save_dirs: list | 
                         grokked[i] = epoch
         leaving = []
         for row, (i, cfg) in enumerate(zip(stack.index, cfg_rows)):
-            history = histories[i]
+            history, stopped = histories[i], stop_rule(cfg, grokked.get(i), epoch)
             if diverged[row]:
                 finish(row, "diverged", "non-finite loss")
-            elif reached_stop_rule(cfg, grokked.get(i), epoch):
+            elif stopped:
                 if history["epoch"][-1:] != [epoch]:  # as training.train: stopped between evaluations, one more
                     metrics = metrics or stack.evaluate()
                     record(history, epoch, metrics[row] | {"seconds": time.perf_counter() - start})
-                finish(row, "done", f"reached {cfg.stop_after_grok:g} x the grokking epoch")
+                finish(row, "done", stopped)
             elif last[row]:
                 finish(row, "done", "epochs")
             else:

@@ -47,8 +47,9 @@ class SweepError(Exception):
 
 
 def engine_for(cfg: Config, engine: str, analyze: bool) -> str:
-    """The batched engine where it can: not with --analyze (progress measures need snapshots) nor minibatches."""
-    return "single" if engine == "single" or analyze or cfg.batch_size else "batched"
+    """The batched engine where it can: not with --analyze (progress measures need snapshots), minibatches or the
+    clean-up stop (it reads the snapshots' weight norms)."""
+    return "single" if engine == "single" or analyze or cfg.batch_size or cfg.stop_at_cleanup_end else "batched"
 
 
 def default_chunk(cfg: Config) -> int:

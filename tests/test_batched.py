@@ -124,10 +124,12 @@ def test_label_noise_history_keys_match_train_py():
 
 
 @pytest.mark.parametrize("change, message", [({"p": 29}, "these differ: p"), ({"d_hidden": 8}, "d_hidden"),
-                                             ({"batch_size": 64}, "full batch only")])
+                                             ({"batch_size": 64}, "full batch only"),
+                                             ({"stop_at_cleanup_end": True}, "keeps no snapshots")])
 def test_what_one_batch_cannot_mix_is_refused(change, message):
     base = Config(**SMALL["mlp"])
-    cfgs = [replace(base, **change)] if "batch_size" in change else [base, replace(base, **change)]
+    alone = "batch_size" in change or "stop_at_cleanup_end" in change  # refused even when every model has it
+    cfgs = [replace(base, **change)] if alone else [base, replace(base, **change)]
     with pytest.raises(ValueError, match=message):
         check_batchable(cfgs)
 

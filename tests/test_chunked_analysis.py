@@ -12,6 +12,7 @@ import torch
 from analysis import fourier, neurons
 from analysis.circuit import Grid
 from analysis.neurons import row_blocks
+from analysis.progress_measures import snapshot_measures
 from analysis.summary import analyze
 from dataset import make_data
 from handbuilt import discrete_log_model, fourier_transformer, handbuilt_model
@@ -140,3 +141,17 @@ def test_grid_chunks_hold_as_many_rows_as_fit_and_at_least_one(monkeypatch):
     assert [len(c) for c in grid.chunks()] == [20, 20, 9] and torch.equal(torch.cat(grid.chunks()), torch.arange(49))
     monkeypatch.setattr(fourier, "CHUNK_BYTES", 4 * 7 - 1)  # less than one row: one row at a time
     assert [c.tolist() for c in grid.chunks(torch.tensor([5, 2, 9]))] == [[5], [2], [9]]
+
+
+@pytest.mark.parametrize("build, op", [(lambda: trained_mlp(23), "add"),
+                                       (lambda: jittered(discrete_log_model(29, [3, 7], 2)[0]), "mul")],
+                         ids=["trained mlp", "discrete log"])
+def test_the_progress_measures_in_chunks_equal_those_of_one_piece(build, op, monkeypatch):
+    """snapshot_measures runs the model once over a grid that fits in one chunk, and chunk by chunk for each
+    measure over one that does not: the same measures."""
+    model = build()
+    grid = grid_for(model.p, op)
+    whole = snapshot_measures(model, grid, [3, 7])
+    monkeypatch.setattr(fourier, "CHUNK_BYTES", 4 * model.p * 60)
+    assert len(grid.chunks()) > 8
+    assert_same(whole, snapshot_measures(model, grid, [3, 7]))

@@ -123,6 +123,11 @@ def test_quick_start_runs_end_to_end_and_groks(tmp_path):
     phases = replay["training_phases"]
     assert phases["memorization_end"] == training["memorization_epoch"]
     assert phases["memorization_end"] < phases["cleanup_start"] <= training["grokking_epoch"]
+    # the demo stops where the clean-up ends (or at 2 x the grokking epoch): the replay sees the whole phase
+    assert training["stopped"] in ("the weight norm stopped falling after grokking (the clean-up ended)",
+                                   "reached 2 x the grokking epoch")
+    if training["stopped"].startswith("the weight norm"):
+        assert phases["cleanup_end"] is not None and phases["cleanup_end"] <= training["epochs_run"]
     # the circuit's signature (Nanda et al.): at the end the key directions alone still predict well,
     # while the training set cannot be fitted without them
     assert replay["series"]["restricted_loss"][-1] < 0.1 < replay["series"]["excluded_loss"][-1]

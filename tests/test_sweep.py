@@ -281,3 +281,12 @@ def test_analyze_uses_the_single_engine_and_survives_a_model_without_key_frequen
     (run,) = stored(tmp_path)
     assert run["analyzed"] == 1 and run["provenance"]["engine"].startswith("core.training.train")
     assert run["summary"]["key_frequencies"] == [] and run["summary"]["worst_key_frequency_ablation_acc"] is None
+
+
+def test_the_engine_is_batched_unless_a_run_needs_snapshots_or_minibatches():
+    base = Config(p=11)
+    assert runner.engine_for(base, "batched", analyze=False) == "batched"
+    assert runner.engine_for(base, "single", analyze=False) == "single"
+    assert runner.engine_for(base, "batched", analyze=True) == "single"
+    for change in ({"batch_size": 64}, {"stop_at_cleanup_end": True}):
+        assert runner.engine_for(replace(base, **change), "batched", analyze=False) == "single"

@@ -11,10 +11,12 @@ from tqdm import tqdm
 from config import ARCH_DEFAULTS, Config, build_parser, config_from_args
 from conftest import ROOT, start_training
 from core.checkpoint import load_checkpoint, load_model
-from core.training import load_optimizer_state, make_optimizer, show_stop, snapshot_epochs, train, train_one_epoch
+from core import training
+from core.training import (evaluate, load_optimizer_state, make_optimizer, norm_stopped_falling, show_stop, snapshot_epochs,
+                           stop_rule, train, train_one_epoch)
 from core.transformer import Transformer
 from dataset import make_data
-from model import ToyMLP
+from model import ToyMLP, sum_squared_weights
 
 
 def small(tmp_path, **overrides) -> Config:
@@ -277,3 +279,53 @@ def test_the_bar_counts_to_the_stop_rule_once_the_run_groks():
     bar = tqdm(total=10_000, disable=True)
     show_stop(bar, Config(stop_after_grok=0), 390)
     assert bar.total == 10_000  # no stop rule: the bar counts to --epochs
+
+
+def test_the_stop_rules_by_hand():
+    assert stop_rule(Config(), None, 5000, True) == ""  # not grokked: nothing stops the run but --epochs
+    assert stop_rule(Config(), 390, 1169) == "" and stop_rule(Config(), 390, 1170) == "reached 3 x the grokking epoch"
+    assert stop_rule(Config(stop_after_grok=0), 390, 5000) == ""
+    cleanup = Config(stop_after_grok=2.0, stop_at_cleanup_end=True)
+    assert stop_rule(cleanup, 390, 575, True) == "the weight norm stopped falling after grokking (the clean-up ended)"
+    assert stop_rule(cleanup, 390, 575, False) == "" and stop_rule(Config(), 390, 575, True) == ""
+    assert stop_rule(cleanup, 390, 390, True) == ""  # at the grokking epoch itself: not after it
+    assert stop_rule(cleanup, 390, 780, False) == "reached 2 x the grokking epoch"
+
+
+def test_the_weight_norm_stops_falling_at_a_snapshot_read_from_the_evaluations():
+    snapshots = {0, 10, 20, 30}
+    history = {"epoch": [5, 10, 15, 20], "weight_norm": [9.0, 8.0, 7.0, 8.0]}
+    assert norm_stopped_falling(history, snapshots, 20)  # 8 at 20 against 8 at 10: no lower
+    # 7.5 against 8 at snapshot 10: still falling (the rise since the evaluation at 15 is not a snapshot's)
+    assert not norm_stopped_falling(history | {"weight_norm": [9.0, 8.0, 7.0, 7.5]}, snapshots, 20)
+    assert norm_stopped_falling(history | {"weight_norm": [9.0, 8.0, 7.0, 7.5]}, {0, 10, 15, 20}, 20)  # vs 7 at 15
+    assert not norm_stopped_falling(history, snapshots, 15)  # 15 is no snapshot
+    assert not norm_stopped_falling(history, {0, 20}, 20)  # the snapshot before (0) was not evaluated
+    assert not norm_stopped_falling({"epoch": [10, 15], "weight_norm": [1.0, 2.0]}, snapshots, 20)  # 20 not evaluated
+
+
+def test_a_run_that_stops_where_the_clean_up_ends_is_finished(tmp_path):
+    """A real run at p = 59 (as test_small_run_memorizes_long_before_it_generalizes) with the clean-up stop: it
+    stops at a snapshot after grokking whose weight norm (replayed from the snapshot files) is no lower than the
+    snapshot's before, every earlier snapshot after grokking had a falling norm, and train.py will not resume it."""
+    cfg = small(tmp_path, p=59, d_embed=128, d_hidden=256, epochs=3000, eval_every=5, stop_after_grok=3.0,
+                stop_at_cleanup_end=True, checkpoint_every=1000, snapshot_every=25)
+    s = train(cfg, progress=False, plot=False)
+    epoch, grokked = s["epochs_run"], s["grokking_epoch"]
+    assert s["stopped"] == "the weight norm stopped falling after grokking (the clean-up ended)" and epoch < 3 * grokked
+    snapshots = sorted(int(p.stem.split("_")[1]) for p in (tmp_path / "ckpt" / "snapshots").glob("epoch_*.pth"))
+    norms = [sum_squared_weights(load_model(tmp_path / "ckpt" / "snapshots" / f"epoch_{e:05d}.pth")[0]) for e in snapshots]
+    assert snapshots[-1] == epoch and epoch > grokked and norms[-1] >= norms[-2]
+    assert all(norms[i] < norms[i - 1] for i, e in enumerate(snapshots) if grokked < e < epoch)
+    refused = run_cli("--resume", str(tmp_path / "ckpt" / "latest.pth"))
+    assert refused.returncode == 2 and "the run is finished" in refused.stderr and "clean-up ended" in refused.stderr
+
+
+def test_evaluation_in_chunks_gives_the_numbers_of_one_piece(monkeypatch):
+    data = make_data(113, "add", 0.3, 598)
+    torch.manual_seed(0)
+    model = ToyMLP(113, 32, 64)
+    chunked = evaluate(model, data)
+    assert training.eval_rows(113, torch.device("cpu")) < len(data.train_idx)  # two chunks or more per split
+    monkeypatch.setattr(training, "CPU_EVAL_LOGITS", 2**30)
+    assert evaluate(model, data) == chunked
