@@ -435,10 +435,10 @@ def make_summary(cfg: Config, history: dict, epoch: int, stopped: str, wall_seco
 def norm_stopped_falling(history: dict, snapshots: set[int], epoch: int) -> bool:
     """Whether `epoch` is a snapshot whose weight norm is no lower than the snapshot's before, both read from the
     evaluations in history (False where either was not evaluated), as progress.py's clean-up rule reads them."""
-    earlier = [e for e in snapshots if e < epoch]
-    if epoch not in snapshots or not earlier or history["epoch"][-1:] != [epoch] or max(earlier) not in history["epoch"]:
+    before = max((e for e in snapshots if e < epoch), default=None)
+    if epoch not in snapshots or history["epoch"][-1:] != [epoch] or before not in history["epoch"]:
         return False
-    return history["weight_norm"][-1] >= history["weight_norm"][history["epoch"].index(max(earlier))]
+    return history["weight_norm"][-1] >= history["weight_norm"][history["epoch"].index(before)]
 
 
 def stop_rule(cfg: Config, grokked: int | None, epoch: int, norm_stopped_falling: bool = False) -> str:
