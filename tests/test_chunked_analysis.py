@@ -151,7 +151,12 @@ def test_the_progress_measures_in_chunks_equal_those_of_one_piece(build, op, mon
     measure over one that does not: the same measures."""
     model = build()
     grid = grid_for(model.p, op)
+    rows = []  # the pairs of each forward pass
+    model.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
     whole = snapshot_measures(model, grid, [3, 7])
+    assert rows == [model.p**2]  # one pass over the grid
     monkeypatch.setattr(fourier, "CHUNK_BYTES", 4 * model.p * 60)
     assert len(grid.chunks()) > 8
+    rows.clear()
     assert_same(whole, snapshot_measures(model, grid, [3, 7]))
+    assert len(rows) > 8 and max(rows) <= 60  # chunk by chunk

@@ -25,6 +25,11 @@ def test_measures_on_the_handbuilt_network():
     assert m["excluded_loss"] == pytest.approx(math.log(P), rel=1e-3)
     # W_E holds cos/sin of 3 of the 29 frequencies with equal power: Gini = 1 - 3/29
     assert m["fourier_gini"] == pytest.approx(1 - 3 / 29, abs=1e-9)
+    # the power per frequency (report.py's slider): each key's cos and sin columns, p/2 each squared over a
+    # (so (p/2)^2 * 2 / p = p/2 per column in the orthonormal basis, p for the pair), the rest 0
+    power = m["embedding_power"]
+    assert len(power) == P // 2 and all(power[k - 1] == pytest.approx(P, rel=1e-6) for k in KEYS)
+    assert sum(power) == pytest.approx(len(KEYS) * P, rel=1e-6)
 
 
 def test_weight_norm_by_hand():
