@@ -62,15 +62,15 @@ def main(argv=None) -> int:
     analysis = analyze_checkpoint(checkpoint, progress=show)
     interpretability.write_results(analysis, checkpoint, results)
     # The plots are drawn in a child process while this one replays the snapshots and builds the report.
-    jobs = [training_curves_job(cfg, analysis["checkpoint"]["history"], t),
-            *interpretability.plot_jobs(analysis["model"], analysis["grid"], analysis["result"], results)]
-    drawing = plots.draw_in_background(jobs[1:])  # the training curves are drawn here, after the replay
+    curves = training_curves_job(cfg, analysis["checkpoint"]["history"], t)  # drawn here, after the replay
+    analysis_jobs = interpretability.plot_jobs(analysis["model"], analysis["grid"], analysis["result"], results)
+    drawing = plots.draw_in_background(analysis_jobs)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core for the drawing, one for this: two threads here would fight it for a core
     print("3/3 replaying the snapshots")
     replay = progress.run(cfg.checkpoint_dir, cfg.results_dir, progress=show, plot=False)
-    jobs.append(progress.plot_job(replay, cfg.results_dir))
-    plots.draw([jobs[0], jobs[-1]])
+    progress_plot = progress.plot_job(replay, cfg.results_dir)
+    plots.draw([curves, progress_plot])
     page = report.build_report(cfg.checkpoint_dir, cfg.results_dir)
     plots.finish_drawing(drawing)
     torch.set_num_threads(threads)
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     print(f"- {describe(replay)}")
     for line in findings(analysis["summary"])[1:]:
         print(f"- {line}")
-    print("\nPlots: " + ", ".join(str(kwargs["path"]) for _, _, kwargs in jobs))
+    print("\nPlots: " + ", ".join(str(kwargs["path"]) for _, _, kwargs in [curves, *analysis_jobs, progress_plot]))
     print(f"Interactive report: {page} (open it in a browser; it works offline)")
     print("Next: python interpretability.py --help, python train.py --help, and the README.")
     return 0

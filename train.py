@@ -20,7 +20,7 @@ import torch
 
 from config import Config, check_memory, config_from_args, validate
 from core.checkpoint import CheckpointError
-from core.training import NonFiniteLoss, StoppedAtOnce, norm_stopped_falling, snapshot_epochs, stop_rule, train
+from core.training import NonFiniteLoss, StoppedAtOnce, run_stop, snapshot_epochs, train
 from core.utils import check_output_dir, first_epoch_at, resolve_device
 from core.wandb_log import import_wandb
 
@@ -32,11 +32,9 @@ def check_unfinished(resume: dict, cfg: Config, path) -> None:
     extend = f"python train.py --resume {path} --stop-after-grok 0 --epochs {2 * epoch}"
     if epoch >= cfg.epochs:
         raise ValueError(f"the checkpoint is already at epoch {epoch}: to go on, pass a larger --epochs ({extend})")
-    grokked = first_epoch_at(resume["history"], "test_acc")
-    history = resume["history"]
-    stopped = stop_rule(cfg, grokked, epoch, cfg.stop_at_cleanup_end and norm_stopped_falling(
-        history, snapshot_epochs(cfg.epochs, cfg.snapshot_every), epoch))
+    stopped = run_stop(cfg, resume["history"], snapshot_epochs(cfg.epochs, cfg.snapshot_every), epoch)
     if stopped:
+        grokked = first_epoch_at(resume["history"], "test_acc")
         raise ValueError(f"the run is finished: it grokked at epoch {grokked} and stopped at epoch {epoch} "
                          f"({stopped}). To extend it: {extend}")
 

@@ -341,8 +341,7 @@ def train_run(cfg: Config, resume: dict | None = None, progress: bool = True, pl
                 save(ckpt_dir / "snapshots" / f"epoch_{epoch:05d}.pth", epoch)
             if epoch % cfg.checkpoint_every == 0:
                 save(ckpt_dir / "latest.pth", epoch, resumable=True)
-            stop = stop_rule(cfg, first_epoch_at(history, "test_acc"), epoch,
-                             cfg.stop_at_cleanup_end and norm_stopped_falling(history, snapshots, epoch))
+            stop = run_stop(cfg, history, snapshots, epoch)
             if stop:
                 stopped = stop
                 break
@@ -435,8 +434,10 @@ def make_summary(cfg: Config, history: dict, epoch: int, stopped: str, wall_seco
 def norm_stopped_falling(history: dict, snapshots: set[int], epoch: int) -> bool:
     """Whether `epoch` is a snapshot whose weight norm is no lower than the snapshot's before, both read from the
     evaluations in history (False where either was not evaluated), as progress.py's clean-up rule reads them."""
+    if epoch not in snapshots or history["epoch"][-1:] != [epoch]:
+        return False
     before = max((e for e in snapshots if e < epoch), default=None)
-    if epoch not in snapshots or history["epoch"][-1:] != [epoch] or before not in history["epoch"]:
+    if before not in history["epoch"]:
         return False
     return history["weight_norm"][-1] >= history["weight_norm"][history["epoch"].index(before)]
 
@@ -453,3 +454,10 @@ def stop_rule(cfg: Config, grokked: int | None, epoch: int, norm_stopped_falling
     if cfg.stop_at_cleanup_end and norm_stopped_falling and epoch > grokked:
         return "the weight norm stopped falling after grokking (the clean-up ended)"
     return ""
+
+
+def run_stop(cfg: Config, history: dict, snapshots: set[int], epoch: int) -> str:
+    """stop_rule for a run with this history and these snapshot epochs, after `epoch` (train() asks it after
+    every epoch; train.py asks it of a checkpoint to be resumed)."""
+    return stop_rule(cfg, first_epoch_at(history, "test_acc"), epoch,
+                     cfg.stop_at_cleanup_end and norm_stopped_falling(history, snapshots, epoch))
