@@ -36,10 +36,10 @@ def snapshot_measures(model, grid: Grid, keys: list[int]) -> dict:
     """The progress measures of one model: its logits over the grid computed once where they fit in one chunk,
     else chunk by chunk for each measure."""
     with torch.no_grad():
-        logits = model(grid.a, grid.b) if len(grid.chunks()) == 1 else model
-        train_loss, train_acc = grid.score(logits, "train")
-        test_loss, test_acc = grid.score(logits, "test")
-        key_losses = (key_frequency_losses(logits, grid, keys) if grid.basis is not None  # no basis: not measured
+        source = model(grid.a, grid.b) if len(grid.chunks()) == 1 else model  # its logits table, or the model
+        train_loss, train_acc = grid.score(source, "train")
+        test_loss, test_acc = grid.score(source, "test")
+        key_losses = (key_frequency_losses(source, grid, keys) if grid.basis is not None  # no basis: not measured
                       else {"restricted_loss": None, "excluded_loss": None})
         power = (fourier.power_per_frequency(grid.basis.table(token_embedding(model)))
                  if grid.basis is not None else None)
