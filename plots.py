@@ -9,6 +9,7 @@ import numpy as np
 matplotlib.use("Agg")  # files only: no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 TRAIN_COLOR, TEST_COLOR = "tab:blue", "tab:orange"
 
@@ -60,12 +61,17 @@ def plot_neuron_heatmaps(acts, labels, path, axes_names=("a", "b"), cols: int = 
     rows = max(1, -(-n // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False, layout="constrained")
     vmin, vmax = float(acts.min()), float(acts.max())  # one colour scale, so panels compare directly
+    ticks = [t for t in MaxNLocator(6, integer=True).tick_values(0, acts.shape[-1] - 1) if 0 <= t < acts.shape[-1]]
+    for (row, col), ax in np.ndenumerate(axes):
+        bottom = (row + 1) * cols + col >= n  # the lowest panel of its column: axes labelled on the outer panels
+        ax.set_xticks(ticks if bottom else [])
+        ax.set_yticks(ticks if col == 0 else [])
+        ax.set_xlabel(axes_names[1] if bottom else "", fontsize=8)
+        ax.set_ylabel(axes_names[0] if col == 0 else "", fontsize=8)
+        ax.tick_params(labelsize=7)
     for ax, act, label in zip(axes.flat, acts, labels):
         im = ax.imshow(act, origin="lower", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(label, fontsize=8)
-        ax.set_xlabel(axes_names[1], fontsize=8)
-        ax.set_ylabel(axes_names[0], fontsize=8)
-        ax.tick_params(labelsize=7)
     for ax in axes.flat[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.6, label="activation (hidden_post)")
@@ -75,17 +81,40 @@ def plot_neuron_heatmaps(acts, labels, path, axes_names=("a", "b"), cols: int = 
     _save(fig, path)
 
 
+def tile_panels(acts, cols: int, max_side: int = 256):
+    """(mosaic, corners, side): the (n, h, w) panels, each scaled from its min (0) to its max (1) and thinned
+    to at most max_side points a side, tiled row by row into one float32 image drawn with origin="lower" (the
+    first row on top), with NaN gaps between panels and room above each for a title. corners[i]: the (x, y)
+    of panel i's lower left corner in the mosaic; side: (height, width) of a panel there."""
+    n = len(acts)
+    rows = max(1, -(-n // cols))
+    stride = -(-max(acts.shape[1:]) // max_side)
+    thinned = acts[:, ::stride, ::stride]
+    low, high = thinned.min(axis=(1, 2), keepdims=True), thinned.max(axis=(1, 2), keepdims=True)
+    scaled = (thinned - low) / np.where(high > low, high - low, 1)
+    height, width = scaled.shape[1:]
+    step_x, step_y = width + max(2, width // 25), height + max(6, height // 5)
+    mosaic = np.full((rows * step_y, cols * step_x), np.nan, dtype=np.float32)
+    corners = []
+    for i, panel in enumerate(scaled):
+        row, col = divmod(i, cols)
+        x, y = col * step_x, (rows - 1 - row) * step_y
+        mosaic[y:y + height, x:x + width] = panel
+        corners.append((x, y))
+    return mosaic, corners, (height, width)
+
+
 def plot_neuron_overview(acts, labels, path, axes_names=("a", "b"), cols: int = 8) -> None:
-    """Many neurons at a glance, each re-indexed by its own frequency; colours scaled per neuron."""
+    """Many neurons at a glance, each re-indexed by its own frequency; colours scaled per neuron. One image of
+    tiled panels (tile_panels), not one axes per panel: 64 small axes took most of the drawing time."""
     rows = max(1, -(-len(acts) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows + 1), squeeze=False, layout="constrained")
-    for ax, act, label in zip(axes.flat, acts, labels):
-        ax.imshow(act, origin="lower", cmap="viridis", interpolation="nearest")
-        ax.set_title(label, fontsize=7)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for ax in axes.flat[len(acts):]:
-        ax.axis("off")
+    mosaic, corners, (height, width) = tile_panels(acts, cols)
+    fig, ax = plt.subplots(figsize=(1.9 * cols, 2.0 * rows + 1), layout="constrained")
+    ax.imshow(mosaic, origin="lower", cmap=plt.get_cmap("viridis").with_extremes(bad="white"),
+              interpolation="nearest")
+    for (x, y), label in zip(corners, labels):
+        ax.text(x + width / 2, y + height * 1.02, label, ha="center", va="bottom", fontsize=7)
+    ax.set_axis_off()
     fig.supxlabel(f"k·({axes_names[1]}) mod n  (each panel re-indexed by its neuron's frequency k)", fontsize=9)
     fig.supylabel(f"k·({axes_names[0]}) mod n", fontsize=9)
     fig.suptitle("Top neurons by causal rank, inputs re-ordered so a frequency-k wave looks like frequency 1\n"
