@@ -19,7 +19,6 @@ whose constant attention gives both operands the same weight, scores 0.9937).
 
     clock_or_pizza(model, p)  -> {"gradient_symmetricity", "distance_irrelevance", "verdict", ...}
 """
-import array
 import functools
 import math
 import random
@@ -40,9 +39,72 @@ THRESHOLD_TEXT = ("Zhong et al. 2023 (Fig. 7): pizza if s_g > 0.98 and q < 0.6, 
                   "q >= 0.6; their pizza s_g 99.37 % q 0.17, their clock s_g 33.36 % q 0.85")
 
 N_TRIPLES, TRIPLE_SEED = 100, 42  # footnote 3 and the notebook: 100 triples, random.Random(42)
-EXACT_SHUFFLE_MAX = 2_000_000  # shuffle all p^3 triples up to this many (p <= 125, ~1.4 s); sample beyond
+EXACT_SHUFFLE_MAX = 2_000_000  # shuffle all p^3 triples up to this many (p <= 125); sample beyond
 CONSTANT_RTOL = 1e-5  # std(L) below this share of max |L| is rounding: L counts as constant (q = 1)
 COMMUTATIVE_OPS = ("add", "mul")
+
+
+def shuffled_prefix(total: int, n: int, seed: int) -> list[int]:
+    """The first n of list(range(total)) after random.Random(seed).shuffle, computed in numpy: the same
+    numbers, about 5x faster than shuffling 1.4 M indices in Python (p = 113).
+
+    shuffle swaps position i with j_i = randbelow(i + 1) for i = total - 1 down to 1. randbelow(m) takes 32-bit
+    words of the Mersenne Twister, keeps each word's top m.bit_length() bits and rejects values >= m; numpy's
+    MT19937 started from the same state gives the same words (shuffle_draws). Then the value that ends at
+    position q is found by undoing the swaps for that position alone (undo_swaps)."""
+    draws = shuffle_draws(total, seed)
+    swapped_with = np.zeros(total, np.int64)  # swapped_with[i] = j_i (i >= 1)
+    swapped_with[1:] = draws[::-1]
+    return undo_swaps(swapped_with, min(n, total))
+
+
+def shuffle_draws(total: int, seed: int, block: int = 1 << 16) -> np.ndarray:
+    """randbelow(i + 1) for i = total - 1 down to 1, as random.Random(seed).shuffle draws them. Which step
+    word t serves is t minus the words rejected before it, a recurrence solved per block of words by iterating
+    to its fixed point (each round settles at least one more word; about 8 rounds per block in practice)."""
+    state = random.Random(seed).getstate()[1]
+    words = np.random.MT19937()
+    words.state = {"bit_generator": "MT19937", "state": {"key": np.array(state[:624], np.uint32), "pos": state[624]}}
+    steps = total - 1
+    draws = np.empty(steps, np.int64)
+    done, t = 0, np.arange(block)
+    while done < steps:
+        word = words.random_raw(block).astype(np.int64)
+        rejected_before = np.zeros(block, np.int64)
+        while True:
+            step = np.minimum(done + t - rejected_before, steps - 1)
+            bound = total - step  # randbelow(i + 1) with i = total - 1 - step
+            value = word >> (32 - np.frexp(bound.astype(np.float64))[1])  # the top bound.bit_length() bits
+            rejected = value >= bound
+            settled = np.concatenate(([0], np.cumsum(rejected)[:-1]))
+            if np.array_equal(settled, rejected_before):
+                break
+            rejected_before = settled
+        kept = value[~rejected & (done + t - rejected_before < steps)]
+        draws[done:done + len(kept)] = kept
+        done += len(kept)
+    return draws
+
+
+def undo_swaps(swapped_with: np.ndarray, n: int) -> list[int]:
+    """Where the values at positions 0..n-1 started, after swapping position i with swapped_with[i] for
+    i = len - 1 down to 1. Undone in reverse (i upwards), position q first moves to swapped_with[q] at step q,
+    then to every later step i that swaps i with where it is."""
+    index = np.arange(len(swapped_with))
+    moves = (swapped_with != index) & (index > 0)
+    next_step = np.full(len(swapped_with), len(swapped_with))  # next_step[v]: the first step i > v swapping v
+    np.minimum.at(next_step, swapped_with[moves], index[moves])
+    small = np.flatnonzero(moves & (swapped_with < n))  # the steps that swap a position below n
+    starts = []
+    for q in range(n):
+        position = swapped_with[q] if moves[q] else q
+        later = small[(small > q) & (swapped_with[small] == position)]
+        if len(later):
+            position = later[0]
+            while next_step[position] < len(swapped_with):
+                position = next_step[position]
+        starts.append(int(position))
+    return starts
 
 
 @functools.lru_cache(maxsize=8)
@@ -50,18 +112,15 @@ def random_triples(p: int, n: int = N_TRIPLES, seed: int = TRIPLE_SEED) -> tuple
     """n triples (a, b, c) of Z_p^3, chosen as the paper's notebook does: random.Random(seed).shuffle of
     all p^3 triples in lexicographic order (a slowest, c fastest), then the first n.
 
-    The shuffle is applied to the triples' indices a*p^2 + b*p + c (a compact array, the same permutation:
-    shuffle depends only on the length), so p = 113 needs 11 MB, not 1.4 M tuples. Above EXACT_SHUFFLE_MAX
-    triples it takes random.Random(seed).sample(range(p^3), n) instead: also n distinct uniform triples,
-    but not the notebook's. Cached: the summary asks for the same triples for every model."""
+    The shuffle is applied to the triples' indices a*p^2 + b*p + c (the same permutation: shuffle depends only
+    on the length), in numpy (shuffled_prefix). Above EXACT_SHUFFLE_MAX triples it takes
+    random.Random(seed).sample(range(p^3), n) instead: also n distinct uniform triples, but not the notebook's.
+    Cached: the summary asks for the same triples for every model."""
     total = p ** 3
-    rng = random.Random(seed)
     if total <= EXACT_SHUFFLE_MAX:
-        order = array.array("q", range(total))
-        rng.shuffle(order)
-        chosen = order[:n]
+        chosen = shuffled_prefix(total, n, seed)
     else:
-        chosen = rng.sample(range(total), min(n, total))
+        chosen = random.Random(seed).sample(range(total), min(n, total))
     return tuple((i // (p * p), i // p % p, i % p) for i in chosen)
 
 

@@ -1,5 +1,6 @@
 """Known-answer tests for clock_pizza: hand-built clocks and pizzas, hand-computed q, and gradients
 checked against finite differences."""
+import array
 import itertools
 import json
 import math
@@ -315,6 +316,13 @@ def test_random_triples_are_the_notebooks_shuffle():
     random.Random(42).shuffle(everything)
     assert list(cp.random_triples(p)) == everything[:100]
     assert list(cp.random_triples(p, 10, seed=3)) != everything[:10]
+
+
+@pytest.mark.parametrize("total, seed", [(2, 0), (8, 42), (343, 3), (10_000, 42), (113 ** 3, 42), (113 ** 3, 1)])
+def test_the_numpy_shuffle_gives_pythons_numbers(total, seed):
+    order = array.array("q", range(total))
+    random.Random(seed).shuffle(order)
+    assert cp.shuffled_prefix(total, 100, seed) == list(order[:100])
 
 
 def test_random_triples_beyond_the_shuffle_limit(monkeypatch):
