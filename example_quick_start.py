@@ -79,8 +79,7 @@ def main(argv=None) -> int:
           f"(train accuracy >= 99%) while test accuracy stayed near zero.")
     print(f"- It generalized (test accuracy >= 99%) only at epoch {t['grokking_epoch']}, "
           f"{t['grokking_delay']:.0f}x later: grokking. Final test accuracy {t['final_test_acc']:.1%}.")
-    print(f"- {describe(replay)}")
-    for line in findings(analysis["summary"])[1:]:
+    for line in describe(replay).splitlines() + findings(analysis["summary"])[1:]:
         print(f"- {line}")
     print("\nPlots: " + ", ".join(str(kwargs["path"]) for _, _, kwargs in [curves, *analysis_jobs, progress_plot]))
     print(f"Interactive report: {page} (open it in a browser; it works offline)")

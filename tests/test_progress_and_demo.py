@@ -122,6 +122,8 @@ def test_quick_start_runs_end_to_end_and_groks(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "grokking" in out.stdout and "Key frequencies" in out.stdout
+    story = out.stdout.split("What happened")[1].split("\n\nPlots:")[0].splitlines()[1:]
+    assert len(story) >= 8 and all(line.startswith("- ") for line in story)  # one bullet per line
     training = json.loads((res / "training_summary.json").read_text())
     assert training["grokking_epoch"] >= 10 * training["memorization_epoch"]
     replay = json.loads((res / "progress_measures.json").read_text())
