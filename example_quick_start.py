@@ -1,4 +1,4 @@
-"""The whole story in one command (20-27 s on a 2-core CPU):
+"""The whole story in one command (16-19 s on a 2-core CPU):
 
     python example_quick_start.py
     python example_quick_start.py --arch transformer   # Nanda et al.'s 1-layer transformer (about 5 minutes)
