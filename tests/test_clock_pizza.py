@@ -325,6 +325,28 @@ def test_the_numpy_shuffle_gives_pythons_numbers(total, seed):
     assert cp.shuffled_prefix(total, 100, seed) == list(order[:100])
 
 
+@pytest.mark.parametrize("block", [1, 2, 5, 64])
+def test_the_draws_cross_blocks_of_words_as_python_draws_them(block):
+    for total, seed in ((8, 0), (27, 42), (125, 3)):  # small bounds: rejections and exact hits are frequent
+        rng = random.Random(seed)
+        expected = [rng._randbelow(i + 1) for i in reversed(range(1, total))]  # what shuffle calls
+        assert cp.shuffle_draws(total, seed, block).tolist() == expected
+
+
+def test_undoing_the_swaps_finds_where_each_value_started():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        length = int(rng.integers(1, 12))
+        swapped_with = np.array([int(rng.integers(0, i + 1)) for i in range(length)])  # many swap i with i
+        swapped_with[0] = int(rng.integers(0, 50))  # position 0 takes no step of its own: its entry is ignored
+        values = list(range(length))
+        for i in range(length - 1, 0, -1):
+            j = swapped_with[i]
+            values[i], values[j] = values[j], values[i]
+        n = int(rng.integers(1, length + 1))
+        assert cp.undo_swaps(swapped_with, n) == values[:n]
+
+
 def test_random_triples_beyond_the_shuffle_limit(monkeypatch):
     monkeypatch.setattr(cp, "EXACT_SHUFFLE_MAX", 100)
     cp.random_triples.cache_clear()
