@@ -318,9 +318,7 @@ def train_run(cfg: Config, resume: dict | None = None, progress: bool = True, pl
     wall_start = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0)
     epoch, stopped = start_epoch, "epochs"
     bar = tqdm(total=None if cfg.stop_after_grok else cfg.epochs, initial=start_epoch, unit="epoch",
-               desc=f"training (stops at {cfg.stop_after_grok:g} x the grokking epoch"
-               + (" or where the clean-up ends)" if cfg.stop_at_cleanup_end else ")") if cfg.stop_after_grok
-               else "training", disable=not progress, dynamic_ncols=True)
+               desc=bar_description(cfg), disable=not progress, dynamic_ncols=True)
     show_stop(bar, cfg, first_epoch_at(history, "test_acc"))
     with interrupt:
         while epoch < cfg.epochs:
@@ -369,8 +367,17 @@ def show_stop(bar, cfg: Config, grokked: int | None) -> None:
     if grokked is None or not cfg.stop_after_grok or bar.total is not None:
         return
     bar.total = min(cfg.epochs, math.ceil(cfg.stop_after_grok * grokked))
-    bar.set_description(f"training (grokked at {grokked}, stops at {cfg.stop_after_grok:g} x {grokked} = {bar.total}"
-                        + (" or where the clean-up ends)" if cfg.stop_at_cleanup_end else ")"))
+    bar.set_description(bar_description(cfg, grokked, bar.total))
+
+
+def bar_description(cfg: Config, grokked: int | None = None, stop: int | None = None) -> str:
+    """The training bar's description: the stop rule, and once the run has grokked, the epoch it stops at."""
+    if not cfg.stop_after_grok:
+        return "training"
+    cleanup = " or where the clean-up ends" if cfg.stop_at_cleanup_end else ""
+    if grokked is None:
+        return f"training (stops at {cfg.stop_after_grok:g} x the grokking epoch{cleanup})"
+    return f"training (grokked at {grokked}, stops at {cfg.stop_after_grok:g} x {grokked} = {stop}{cleanup})"
 
 
 def record(history: dict, epoch: int, metrics: dict) -> None:

@@ -12,7 +12,7 @@ from config import ARCH_DEFAULTS, Config, build_parser, config_from_args
 from conftest import ROOT, start_training
 from core.checkpoint import load_checkpoint, load_model
 from core import training
-from core.training import (evaluate, load_optimizer_state, make_optimizer, norm_stopped_falling, show_stop, snapshot_epochs,
+from core.training import (bar_description, evaluate, load_optimizer_state, make_optimizer, norm_stopped_falling, show_stop, snapshot_epochs,
                            stop_rule, train, train_one_epoch)
 from core.transformer import Transformer
 from dataset import make_data
@@ -279,6 +279,15 @@ def test_the_bar_counts_to_the_stop_rule_once_the_run_groks():
     bar = tqdm(total=10_000, disable=True)
     show_stop(bar, Config(stop_after_grok=0), 390)
     assert bar.total == 10_000  # no stop rule: the bar counts to --epochs
+
+
+def test_the_bar_names_the_stop_rule():
+    assert bar_description(Config(stop_after_grok=0)) == "training"
+    assert bar_description(Config()) == "training (stops at 3 x the grokking epoch)"
+    cleanup = Config(stop_after_grok=2, stop_at_cleanup_end=True)
+    assert bar_description(cleanup) == "training (stops at 2 x the grokking epoch or where the clean-up ends)"
+    assert (bar_description(cleanup, 390, 780)
+            == "training (grokked at 390, stops at 2 x 390 = 780 or where the clean-up ends)")
 
 
 def test_the_stop_rules_by_hand():
