@@ -33,11 +33,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+import model
 from config import ARCH_DEFAULTS, ARCH_FLAGS, LOSS_DTYPES, Config, model_config
 from core.checkpoint import build_model
 from core.training import epoch_runner, evaluate, make_optimizer, train, train_one_epoch
 from core.utils import provenance, resolve_device
-import model
 from dataset import make_data
 from model import ToyMLP
 from sweeps.batched import Stack

@@ -77,9 +77,9 @@ def summarize(result: dict, checkpoint: str, config: dict, run_id: str | None = 
         summary["clock_pizza"] = result["clock_pizza"]
     if "transformer" in result:
         t = result["transformer"]
-        summary["attention"] = [{"head": h, "mean_to_a": float(w[0].mean()), "mean_to_b": float(w[1].mean()),
-                                 "mean_to_eq": float((1 - w[0] - w[1]).mean()), **ablation}
-                                for h, (w, ablation) in enumerate(zip(t["attention"], t["head_ablations"]))]
+        summary["attention"] = [{**ablation, "mean_to_a": float(w[0].mean()), "mean_to_b": float(w[1].mean()),
+                                 "mean_to_eq": float((1 - w[0] - w[1]).mean())}
+                                for w, ablation in zip(t["attention"], t["head_ablations"])]  # ablation: head, loss, acc
         if "residual_key_directions" in t:
             summary["residual_key_directions"] = t["residual_key_directions"]
     return summary
