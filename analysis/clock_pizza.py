@@ -72,15 +72,15 @@ def shuffle_draws(total: int, seed: int, block: int = 1 << 16) -> np.ndarray:
         word = words.random_raw(block).astype(np.int64)
         rejected_before = np.zeros(block, np.int64)
         while True:
-            step = np.minimum(done + t - rejected_before, steps - 1)
-            bound = total - step  # randbelow(i + 1) with i = total - 1 - step
+            step = done + t - rejected_before  # the step each word serves
+            bound = total - np.minimum(step, steps - 1)  # randbelow(i + 1) with i = total - 1 - step
             value = word >> (32 - np.frexp(bound.astype(np.float64))[1])  # the top bound.bit_length() bits
             rejected = value >= bound
             settled = np.concatenate(([0], np.cumsum(rejected)[:-1]))
             if np.array_equal(settled, rejected_before):
                 break
             rejected_before = settled
-        kept = value[~rejected & (done + t - rejected_before < steps)]
+        kept = value[~rejected & (step < steps)]
         draws[done:done + len(kept)] = kept
         done += len(kept)
     return draws

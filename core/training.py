@@ -449,16 +449,16 @@ def norm_stopped_falling(history: dict, snapshots: set[int], epoch: int) -> bool
     return history["weight_norm"][-1] >= history["weight_norm"][history["epoch"].index(before)]
 
 
-def stop_rule(cfg: Config, grokked: int | None, epoch: int, norm_stopped_falling: bool = False) -> str:
+def stop_rule(cfg: Config, grokked: int | None, epoch: int, norm_flat: bool = False) -> str:
     """Why the run stops after this epoch ("": it goes on). Once it has grokked (at epoch `grokked`; None: not yet):
     at --stop-after-grok x its grokking epoch, or with --stop-at-cleanup-end at the first snapshot after grokking
-    whose weight norm is no lower than the snapshot's before (norm_stopped_falling), where progress.py's
+    whose weight norm is no lower than the snapshot's before (norm_flat: norm_stopped_falling), where progress.py's
     clean-up phase ends."""
     if grokked is None:
         return ""
     if cfg.stop_after_grok and epoch >= cfg.stop_after_grok * grokked:
         return f"reached {cfg.stop_after_grok:g} x the grokking epoch"
-    if cfg.stop_at_cleanup_end and norm_stopped_falling and epoch > grokked:
+    if cfg.stop_at_cleanup_end and norm_flat and epoch > grokked:
         return "the weight norm stopped falling after grokking (the clean-up ended)"
     return ""
 

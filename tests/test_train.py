@@ -12,8 +12,8 @@ from config import ARCH_DEFAULTS, Config, build_parser, config_from_args
 from conftest import ROOT, start_training
 from core.checkpoint import load_checkpoint, load_model
 from core import training
-from core.training import (bar_description, evaluate, load_optimizer_state, make_optimizer, norm_stopped_falling, show_stop, snapshot_epochs,
-                           stop_rule, train, train_one_epoch)
+from core.training import (bar_description, evaluate, load_optimizer_state, make_optimizer, norm_stopped_falling,
+                           show_stop, snapshot_epochs, stop_rule, train, train_one_epoch)
 from core.transformer import Transformer
 from dataset import make_data
 from model import ToyMLP, sum_squared_weights
@@ -323,7 +323,8 @@ def test_a_run_that_stops_where_the_clean_up_ends_is_finished(tmp_path):
     epoch, grokked = s["epochs_run"], s["grokking_epoch"]
     assert s["stopped"] == "the weight norm stopped falling after grokking (the clean-up ended)" and epoch < 3 * grokked
     snapshots = sorted(int(p.stem.split("_")[1]) for p in (tmp_path / "ckpt" / "snapshots").glob("epoch_*.pth"))
-    norms = [sum_squared_weights(load_model(tmp_path / "ckpt" / "snapshots" / f"epoch_{e:05d}.pth")[0]) for e in snapshots]
+    folder = tmp_path / "ckpt" / "snapshots"
+    norms = [sum_squared_weights(load_model(folder / f"epoch_{e:05d}.pth")[0]) for e in snapshots]
     assert snapshots[-1] == epoch and epoch > grokked and norms[-1] >= norms[-2]
     assert all(norms[i] < norms[i - 1] for i, e in enumerate(snapshots) if grokked < e < epoch)
     refused = run_cli("--resume", str(tmp_path / "ckpt" / "latest.pth"))
